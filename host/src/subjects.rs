@@ -1,0 +1,186 @@
+//! Every subject string the host uses is built or checked here, so the subject scheme of
+//! DESIGN §4 lives in one place.
+//!
+//! Subjects are dot-separated tokens. In patterns, `*` matches exactly one token and `>`
+//! matches one or more tokens and may only stand last (NATS semantics).
+
+/// Cluster names that would make the agent subject patterns overlap.
+pub const RESERVED_CLUSTERS: [&str; 2] = ["to", "broadcast"];
+
+/// The header carrying the sending agent's reference; set by the host only.
+pub const SENDER_HEADER: &str = "Agent-Ref";
+
+/// The NATS message-id header used to deduplicate a message delivered twice.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// Header carrying the error on a dead-lettered message.
+pub const ERROR_HEADER: &str = "Agent-Error";
+
+/// The legacy inbox pattern of an agent: `agent.to.{name}.>`.
+pub fn legacy_inbox(name: &str) -> String {
+    format!("agent.to.{name}.>")
+}
+
+/// The broadcast pattern every agent hears: `agent.broadcast.>`.
+pub fn broadcast() -> String {
+    "agent.broadcast.>".to_string()
+}
+
+/// The agent-ref command pattern of an agent: `agent.*.*.{id}.command.>`.
+pub fn agent_ref_commands(id: &str) -> String {
+    format!("agent.*.*.{id}.command.>")
+}
+
+/// A command on the legacy scheme: `agent.to.{name}.{command}`.
+pub fn legacy_command(name: &str, command: &str) -> String {
+    format!("agent.to.{name}.{command}")
+}
+
+/// A command on the agent-ref scheme: `agent.{cluster}.{name}.{id}.command.{command}`.
+pub fn agent_ref_command(cluster: &str, name: &str, id: &str, command: &str) -> String {
+    format!("agent.{cluster}.{name}.{id}.command.{command}")
+}
+
+/// Where messages that keep failing go: `agent.dlq.{name}`.
+pub fn dead_letter(name: &str) -> String {
+    format!("agent.dlq.{name}")
+}
+
+/// A unique reply subject for one request.
+pub fn reply_inbox(unique: &str) -> String {
+    format!("_INBOX.{unique}")
+}
+
+/// The `{cluster}.{name}.{id}` form of an agent reference.
+pub fn agent_ref_string(cluster: &str, name: &str, id: &str) -> String {
+    format!("{cluster}.{name}.{id}")
+}
+
+/// Checks a subject to publish to: non-empty tokens, no wildcards, no whitespace.
+pub fn validate_subject(subject: &str) -> Result<(), String> {
+    check_tokens(subject, false)
+}
+
+/// Checks a subscription or grant pattern: like a subject, plus `*` tokens and a final `>`.
+pub fn validate_pattern(pattern: &str) -> Result<(), String> {
+    check_tokens(pattern, true)
+}
+
+fn check_tokens(s: &str, wildcards: bool) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("a subject cannot be empty".into());
+    }
+    if s.len() > 1024 {
+        return Err(format!("subject is {} bytes long; at most 1024 allowed", s.len()));
+    }
+    let count = s.split('.').count();
+    for (i, token) in s.split('.').enumerate() {
+        if token.is_empty() {
+            return Err(format!("'{s}' has an empty token (two dots in a row, or a dot at an end)"));
+        }
+        if let Some(c) = token.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("'{s}' contains the character {c:?}; subjects have no whitespace"));
+        }
+        let wild = token == "*" || token == ">";
+        if wild && !wildcards {
+            return Err(format!("'{s}' contains the wildcard '{token}'; publish to a concrete subject"));
+        }
+        if token == ">" && i + 1 != count {
+            return Err(format!("'{s}' has '>' before the end; '>' may only be the last token"));
+        }
+        if !wild && (token.contains('*') || token.contains('>')) {
+            return Err(format!("'{s}' has '{token}'; wildcards must be whole tokens"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `subject` matches `pattern` (both assumed valid).
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(pt), Some(st)) if pt == st => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Checks an agent or cluster name: one subject token of lower-case letters, digits, `-`
+/// and `_`, so it can stand in every subject the host builds.
+pub fn validate_name(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > 64 {
+        return Err("expected 1 to 64 characters".into());
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
+    {
+        return Err(format!(
+            "'{value}' contains {c:?}; expected lower-case letters, digits, '-' or '_' (one subject token)"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a command (the subject tail after the agent's prefix): one or more tokens.
+pub fn validate_command(command: &str) -> Result<(), String> {
+    validate_subject(command).map_err(|e| format!("command {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn star_matches_exactly_one_token() {
+        assert!(matches("agent.*.x", "agent.a.x"));
+        assert!(!matches("agent.*.x", "agent.a.b.x"));
+        assert!(!matches("agent.*", "agent"));
+    }
+
+    #[test]
+    fn greater_than_matches_one_or_more_trailing_tokens() {
+        assert!(matches("agent.to.echo.>", "agent.to.echo.hello"));
+        assert!(matches("agent.to.echo.>", "agent.to.echo.a.b.c"));
+        assert!(!matches("agent.to.echo.>", "agent.to.echo"));
+        assert!(!matches("agent.to.echo.>", "agent.to.echoes.x"));
+    }
+
+    #[test]
+    fn agent_ref_pattern_matches_commands_for_that_id_only() {
+        let p = agent_ref_commands("0193");
+        assert!(matches(&p, "agent.orchestration.sage.0193.command.plan"));
+        assert!(!matches(&p, "agent.orchestration.sage.0194.command.plan"));
+        assert!(!matches(&p, "agent.orchestration.sage.0193.event.plan"));
+    }
+
+    #[test]
+    fn subjects_reject_wildcards_and_empty_tokens() {
+        assert!(validate_subject("agent.to.echo.hi").is_ok());
+        assert!(validate_subject("agent.*.x").is_err());
+        assert!(validate_subject("agent..x").is_err());
+        assert!(validate_subject("agent.x.").is_err());
+        assert!(validate_subject("agent x").is_err());
+        assert!(validate_subject("").is_err());
+    }
+
+    #[test]
+    fn patterns_allow_whole_token_wildcards_with_gt_last() {
+        assert!(validate_pattern("agent.*.>").is_ok());
+        assert!(validate_pattern("agent.>.x").is_err());
+        assert!(validate_pattern("agent.a*").is_err());
+    }
+
+    #[test]
+    fn names_are_single_lower_case_tokens() {
+        assert!(validate_name("ddd-expert").is_ok());
+        assert!(validate_name("Sage").is_err());
+        assert!(validate_name("a.b").is_err());
+        assert!(validate_name("").is_err());
+    }
+}
