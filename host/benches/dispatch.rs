@@ -1,1 +1,153 @@
-fn main() {}
+//! `cargo bench --bench dispatch`: a message through the embedded bus into a Wasm echo agent
+//! and its reply back, against the same pipeline with a native Rust handler, plus the cost
+//! of instantiating an agent. Prints one JSON object per metric.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_host::bus::{BusMessage, Transport};
+use agent_host::config::NodeConfig;
+use agent_host::node::{LoadRequest, Node};
+
+/// Messages per timed run, in flight at once, and runs per variant.
+const MESSAGES: usize = 20_000;
+const WINDOW: usize = 64;
+const RUNS: usize = 7;
+
+fn emit(metric: &str, value: f64, unit: &str) {
+    println!(
+        "{}",
+        serde_json::json!({ "metric": metric, "value": (value * 1000.0).round() / 1000.0, "unit": unit })
+    );
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn build_plugins() -> PathBuf {
+    let plugins = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .current_dir(&plugins)
+        .status()
+        .expect("cargo build plugins");
+    assert!(status.success(), "building plugins failed");
+    plugins.join("target/wasm32-wasip2/release")
+}
+
+/// Pipelined request/reply: keeps WINDOW messages in flight; returns µs per message.
+async fn pipeline(bus: &Arc<dyn Transport>, subject: &str, inbox: &str) -> f64 {
+    let mut replies = bus
+        .subscribe(&format!("{inbox}.>"), WINDOW * 4)
+        .await
+        .unwrap();
+    let msg = |i: usize| BusMessage {
+        subject: subject.to_string(),
+        reply_to: Some(format!("{inbox}.{i}")),
+        headers: Vec::new(),
+        payload: bytes::Bytes::from_static(b"ping"),
+    };
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < WINDOW {
+        bus.publish(msg(sent)).await.unwrap();
+        sent += 1;
+    }
+    for _ in 0..MESSAGES {
+        tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .expect("reply in time")
+            .expect("reply");
+        if sent < MESSAGES {
+            bus.publish(msg(sent)).await.unwrap();
+            sent += 1;
+        }
+    }
+    started.elapsed().as_secs_f64() * 1e6 / MESSAGES as f64
+}
+
+/// The native handler: the same subscription, conversion and stamped reply, without Wasm.
+fn spawn_native_echo(bus: Arc<dyn Transport>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut sub = bus.subscribe("agent.to.native.>", 4096).await.unwrap();
+        while let Some(m) = sub.next().await {
+            let msg = agent_host::capabilities::messaging::to_wit_message(m, None);
+            if let Some(to) = msg.reply_to {
+                let reply = BusMessage {
+                    subject: to,
+                    reply_to: None,
+                    headers: vec![("Agent-Ref".to_string(), "default.native.0".to_string())],
+                    payload: bytes::Bytes::from(msg.payload),
+                };
+                bus.publish(reply).await.unwrap();
+            }
+        }
+    })
+}
+
+fn main() {
+    let dir = build_plugins();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = NodeConfig::default();
+        cfg.node.data_dir = tmp.path().to_path_buf();
+        cfg.http.listen = None;
+        cfg.engine.max_agents = 64;
+        let node = Node::start(cfg).await.unwrap();
+        node.load(LoadRequest {
+            component: Some(dir.join("echo.wasm")),
+            manifest: None,
+            name: Some("echo".into()),
+        })
+        .await
+        .unwrap();
+        let native = spawn_native_echo(node.bus.clone());
+
+        // Warm up both paths.
+        pipeline(&node.bus, "agent.to.echo.ping", "_INBOX.warm1").await;
+        pipeline(&node.bus, "agent.to.native.ping", "_INBOX.warm2").await;
+
+        let (mut wasm, mut nat) = (Vec::new(), Vec::new());
+        for run in 0..RUNS {
+            wasm.push(pipeline(&node.bus, "agent.to.echo.ping", &format!("_INBOX.w{run}")).await);
+            nat.push(pipeline(&node.bus, "agent.to.native.ping", &format!("_INBOX.n{run}")).await);
+        }
+        let ratios: Vec<f64> = wasm.iter().zip(&nat).map(|(w, n)| w / n).collect();
+        emit("dispatch_us_per_msg", median(wasm), "us");
+        emit("dispatch_native_us_per_msg", median(nat), "us");
+        emit("dispatch_ratio_wasm_vs_native", median(ratios), "ratio");
+
+        // Round-trip latency of one request at a time.
+        let mut rtt = Vec::new();
+        for _ in 0..2000 {
+            let started = Instant::now();
+            node.bus
+                .request(
+                    BusMessage::new("agent.to.echo.ping", "ping"),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+            rtt.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        emit("dispatch_rtt_us_p50", median(rtt), "us");
+
+        let samples = node.bench_instantiate("echo", 2000).await.unwrap();
+        emit(
+            "instantiate_us",
+            median(samples.iter().map(|d| d.as_secs_f64() * 1e6).collect()),
+            "us",
+        );
+
+        native.abort();
+        node.shutdown().await;
+    });
+}

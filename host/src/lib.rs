@@ -3,9 +3,17 @@
 //! Each capability the WIT world gives an agent (messaging, llm, kv, runtime) is one module
 //! under [`capabilities`] that checks the agent's [`manifest`] before doing anything.
 
+pub mod agent;
+pub mod bindings;
 pub mod bus;
+pub mod capabilities;
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod engine;
 pub mod manifest;
+pub mod node;
 pub mod storage;
 pub mod subjects;
+pub mod telemetry;
 pub mod units;

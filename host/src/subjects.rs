@@ -71,25 +71,38 @@ fn check_tokens(s: &str, wildcards: bool) -> Result<(), String> {
         return Err("a subject cannot be empty".into());
     }
     if s.len() > 1024 {
-        return Err(format!("subject is {} bytes long; at most 1024 allowed", s.len()));
+        return Err(format!(
+            "subject is {} bytes long; at most 1024 allowed",
+            s.len()
+        ));
     }
     let count = s.split('.').count();
     for (i, token) in s.split('.').enumerate() {
         if token.is_empty() {
-            return Err(format!("'{s}' has an empty token (two dots in a row, or a dot at an end)"));
+            return Err(format!(
+                "'{s}' has an empty token (two dots in a row, or a dot at an end)"
+            ));
         }
         if let Some(c) = token.chars().find(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("'{s}' contains the character {c:?}; subjects have no whitespace"));
+            return Err(format!(
+                "'{s}' contains the character {c:?}; subjects have no whitespace"
+            ));
         }
         let wild = token == "*" || token == ">";
         if wild && !wildcards {
-            return Err(format!("'{s}' contains the wildcard '{token}'; publish to a concrete subject"));
+            return Err(format!(
+                "'{s}' contains the wildcard '{token}'; publish to a concrete subject"
+            ));
         }
         if token == ">" && i + 1 != count {
-            return Err(format!("'{s}' has '>' before the end; '>' may only be the last token"));
+            return Err(format!(
+                "'{s}' has '>' before the end; '>' may only be the last token"
+            ));
         }
         if !wild && (token.contains('*') || token.contains('>')) {
-            return Err(format!("'{s}' has '{token}'; wildcards must be whole tokens"));
+            return Err(format!(
+                "'{s}' has '{token}'; wildcards must be whole tokens"
+            ));
         }
     }
     Ok(())

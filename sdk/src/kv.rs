@@ -32,7 +32,11 @@ pub fn list_keys(prefix: &str) -> Result<Vec<String>> {
 }
 
 /// Writes `value` only if `key` is still at revision `expected` (`None`: only if absent).
-pub fn compare_and_swap(key: &str, expected: Option<u64>, value: impl AsRef<[u8]>) -> Result<CasOutcome> {
+pub fn compare_and_swap(
+    key: &str,
+    expected: Option<u64>,
+    value: impl AsRef<[u8]>,
+) -> Result<CasOutcome> {
     host(wit::compare_and_swap(key, expected, value.as_ref()))
 }
 

@@ -28,17 +28,19 @@ pub mod bindings {
     });
 }
 
+#[doc(hidden)]
+pub mod __private;
 mod error;
 pub mod kv;
 pub mod llm;
 mod message;
 pub mod messaging;
 pub mod runtime;
-#[doc(hidden)]
-pub mod __private;
 pub use message::current_reply_to;
 
-pub use bindings::agent::host::messaging::{AgentCommand, AgentTarget, Destination, OutgoingRequest};
+pub use bindings::agent::host::messaging::{
+    AgentCommand, AgentTarget, Destination, OutgoingRequest,
+};
 pub use bindings::agent::host::types::{AgentRef, Header, Message};
 pub use error::{describe as describe_host_error, AgentError, HostError, Result};
 pub use serde::{Deserialize, Serialize};

@@ -61,7 +61,11 @@ impl Message {
     }
 
     /// Replies with headers (no-op when the message asked for no reply).
-    pub fn reply_with_headers(&self, headers: &[Header], payload: impl Into<Vec<u8>>) -> Result<()> {
+    pub fn reply_with_headers(
+        &self,
+        headers: &[Header],
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<()> {
         let Some(to) = &self.reply_to else {
             return Ok(());
         };

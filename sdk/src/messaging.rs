@@ -14,13 +14,22 @@ pub fn publish(subject: &str, payload: impl Into<Vec<u8>>) -> Result<()> {
 }
 
 /// Publishes with headers. The host adds the sender's `Agent-Ref` header itself.
-pub fn publish_with_headers(subject: &str, headers: &[Header], payload: impl Into<Vec<u8>>) -> Result<()> {
+pub fn publish_with_headers(
+    subject: &str,
+    headers: &[Header],
+    payload: impl Into<Vec<u8>>,
+) -> Result<()> {
     host(wit::publish(subject, headers, &payload.into()))
 }
 
 /// Sends `command` to the agent named `to`; the host picks the subject scheme.
 pub fn send(to: &str, command: &str, payload: impl Into<Vec<u8>>) -> Result<()> {
-    host(wit::send(&AgentTarget::Name(to.to_string()), command, &[], &payload.into()))
+    host(wit::send(
+        &AgentTarget::Name(to.to_string()),
+        command,
+        &[],
+        &payload.into(),
+    ))
 }
 
 /// Sends a request to a subject and waits up to `timeout` for the reply.
@@ -30,19 +39,32 @@ pub fn request(subject: &str, payload: impl Into<Vec<u8>>, timeout: Duration) ->
 }
 
 /// Asks the agent named `to` to run `command` and waits for its reply.
-pub fn ask(to: &str, command: &str, payload: impl Into<Vec<u8>>, timeout: Duration) -> Result<Message> {
+pub fn ask(
+    to: &str,
+    command: &str,
+    payload: impl Into<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Message> {
     let dest = agent_destination(to, command);
     host(wit::request(&dest, &[], &payload.into(), millis(timeout)))
 }
 
 /// A request for [`request_many`]: a command for the agent named `to`.
 pub fn to_agent(to: &str, command: &str, payload: impl Into<Vec<u8>>) -> OutgoingRequest {
-    OutgoingRequest { to: agent_destination(to, command), headers: Vec::new(), payload: payload.into() }
+    OutgoingRequest {
+        to: agent_destination(to, command),
+        headers: Vec::new(),
+        payload: payload.into(),
+    }
 }
 
 /// A request for [`request_many`]: a raw subject.
 pub fn to_subject(subject: &str, payload: impl Into<Vec<u8>>) -> OutgoingRequest {
-    OutgoingRequest { to: Destination::Subject(subject.to_string()), headers: Vec::new(), payload: payload.into() }
+    OutgoingRequest {
+        to: Destination::Subject(subject.to_string()),
+        headers: Vec::new(),
+        payload: payload.into(),
+    }
 }
 
 /// Runs all requests concurrently on the host; results come back in the same order.
@@ -54,7 +76,10 @@ pub fn request_many(requests: &[OutgoingRequest], timeout: Duration) -> Vec<Resu
 }
 
 fn agent_destination(to: &str, command: &str) -> Destination {
-    Destination::Agent(AgentCommand { to: AgentTarget::Name(to.to_string()), command: command.to_string() })
+    Destination::Agent(AgentCommand {
+        to: AgentTarget::Name(to.to_string()),
+        command: command.to_string(),
+    })
 }
 
 fn millis(d: Duration) -> u32 {

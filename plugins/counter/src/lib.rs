@@ -10,10 +10,15 @@ impl Agent for Counter {
     fn handle(&mut self, msg: Message) -> Result<()> {
         let text = msg.text()?.trim();
         if let Some(n) = text.strip_prefix("add ") {
-            self.count += n.trim().parse::<i64>().map_err(|e| AgentError::new(format!("add {n}: {e}")))?;
+            self.count += n
+                .trim()
+                .parse::<i64>()
+                .map_err(|e| AgentError::new(format!("add {n}: {e}")))?;
             kv::set("count", self.count.to_string())?;
         } else if text != "get" {
-            return Err(AgentError::new(format!("unknown command '{text}': expected 'add N' or 'get'")));
+            return Err(AgentError::new(format!(
+                "unknown command '{text}': expected 'add N' or 'get'"
+            )));
         }
         msg.reply(self.count.to_string())
     }

@@ -30,8 +30,12 @@ impl Agent for Probe {
             }
             "send" => {
                 let a = arg(2);
-                messaging::send(a[0], a.get(1).copied().unwrap_or_default(), a.get(2).copied().unwrap_or_default())
-                    .map(|_| "ok".into())
+                messaging::send(
+                    a[0],
+                    a.get(1).copied().unwrap_or_default(),
+                    a.get(2).copied().unwrap_or_default(),
+                )
+                .map(|_| "ok".into())
             }
             "request" => {
                 let a = arg(1);
@@ -40,13 +44,21 @@ impl Agent for Probe {
             }
             "ask" => {
                 let a = arg(2);
-                messaging::ask(a[0], a.get(1).copied().unwrap_or_default(), a.get(2).copied().unwrap_or_default(), second)
-                    .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                messaging::ask(
+                    a[0],
+                    a.get(1).copied().unwrap_or_default(),
+                    a.get(2).copied().unwrap_or_default(),
+                    second,
+                )
+                .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
             }
             "fanout" => {
                 let a = arg(1);
                 let body = a.get(1).copied().unwrap_or_default();
-                let requests: Vec<_> = a[0].split(',').map(|to| messaging::to_agent(to, "fanout", body)).collect();
+                let requests: Vec<_> = a[0]
+                    .split(',')
+                    .map(|to| messaging::to_agent(to, "fanout", body))
+                    .collect();
                 let answers: Vec<String> = messaging::request_many(&requests, second)
                     .into_iter()
                     .map(|r| match r {
@@ -68,10 +80,12 @@ impl Agent for Probe {
             "kv-cas" => {
                 let a = arg(2);
                 let expected = a.get(1).and_then(|e| e.parse::<u64>().ok());
-                kv::compare_and_swap(a[0], expected, a.get(2).copied().unwrap_or_default()).map(|o| match o {
-                    kv::CasOutcome::Swapped(rev) => format!("swapped {rev}"),
-                    kv::CasOutcome::Conflict(cur) => format!("conflict {cur:?}"),
-                })
+                kv::compare_and_swap(a[0], expected, a.get(2).copied().unwrap_or_default()).map(
+                    |o| match o {
+                        kv::CasOutcome::Swapped(rev) => format!("swapped {rev}"),
+                        kv::CasOutcome::Conflict(cur) => format!("conflict {cur:?}"),
+                    },
+                )
             }
             "config" => Ok(runtime::config(rest).unwrap_or_else(|| "none".into())),
             "self" => {
@@ -80,7 +94,10 @@ impl Agent for Probe {
             }
             "chat" => {
                 let a = arg(1);
-                let messages = [llm::message(llm::Role::User, a.get(1).copied().unwrap_or_default())];
+                let messages = [llm::message(
+                    llm::Role::User,
+                    a.get(1).copied().unwrap_or_default(),
+                )];
                 llm::chat(a[0], &messages, &Default::default()).map(|c| c.text)
             }
             "seen" => Ok(self.seen.to_string()),

@@ -1,0 +1,107 @@
+//! One running agent: its store data, its live instance, its mailbox and its supervisor.
+
+mod dedup;
+pub mod instance;
+pub mod runner;
+mod stdio;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::StoreLimits;
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::AgentRef;
+use crate::capabilities::{kv::KvCtx, llm::LlmCtx, messaging::MessagingCtx, runtime::RuntimeCtx};
+
+pub use runner::{AgentHandle, AgentState, AgentSummary};
+
+/// Who an agent is, as every capability sees it.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub cluster: String,
+    pub name: String,
+    pub id: String,
+    /// `{cluster}.{name}.{id}`, stamped on everything the agent sends.
+    pub agent_ref: String,
+}
+
+impl Identity {
+    pub fn new(cluster: &str, name: &str, id: &str) -> Identity {
+        Identity {
+            cluster: cluster.to_string(),
+            name: name.to_string(),
+            id: id.to_string(),
+            agent_ref: crate::subjects::agent_ref_string(cluster, name, id),
+        }
+    }
+
+    pub fn wit_ref(&self) -> AgentRef {
+        AgentRef {
+            cluster: self.cluster.clone(),
+            name: self.name.clone(),
+            id: self.id.clone(),
+        }
+    }
+}
+
+/// The capability contexts of one agent, shared by its instances (blue and green).
+pub struct AgentCaps {
+    pub messaging: MessagingCtx,
+    pub kv: KvCtx,
+    pub llm: LlmCtx,
+    pub runtime: RuntimeCtx,
+}
+
+/// State of the export call in progress: what the host needs to check calls and to bound
+/// the agent's CPU time (wall time minus time spent waiting in host calls).
+pub struct Turn {
+    /// Reply-to of the message being handled: the agent may always publish there.
+    pub reply_to: Option<String>,
+    pub started: Instant,
+    pub host_time: Duration,
+    pub cpu_budget: Duration,
+}
+
+impl Turn {
+    fn idle() -> Turn {
+        Turn {
+            reply_to: None,
+            started: Instant::now(),
+            host_time: Duration::ZERO,
+            cpu_budget: Duration::MAX,
+        }
+    }
+
+    /// Guest time used so far in this call.
+    pub fn cpu_used(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.host_time)
+    }
+}
+
+/// The data of an agent's wasmtime `Store`.
+pub struct AgentStore {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    pub(crate) caps: Arc<AgentCaps>,
+    pub(crate) turn: Turn,
+}
+
+impl WasiView for AgentStore {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The trap raised when a message uses more CPU time than `[limits] cpu_ms_per_message`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "used more than its CPU budget of {budget_ms} ms for one call ([limits] cpu_ms_per_message)"
+)]
+pub struct CpuBudgetExceeded {
+    pub budget_ms: u64,
+}

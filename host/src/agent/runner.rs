@@ -1,0 +1,572 @@
+//! The task that runs one agent: it takes messages from the agent's subscriptions one at a
+//! time, calls `handle`, and supervises the instance (a trap re-creates it from the last
+//! snapshot, with backoff; a message that keeps trapping goes to the dead-letter subject).
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::dedup::SeenIds;
+use super::instance::{instantiate, InstanceLimits, Live};
+use super::{AgentCaps, Identity};
+use crate::bindings::Message;
+use crate::bus::{BusMessage, Subscription, Transport};
+use crate::capabilities::messaging::to_wit_message;
+use crate::engine::{CompiledAgent, Engine};
+use crate::storage::{KvBackend, Quota};
+use crate::subjects;
+use crate::telemetry::AgentMetrics;
+
+/// Namespace in the KV store where agents' last snapshots are kept across node restarts.
+pub const SNAPSHOT_NAMESPACE: &str = "sys.snapshots";
+
+/// Restarts in a row without a successful message before an agent is marked failed.
+const MAX_CONSECUTIVE_RESTARTS: u32 = 8;
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentState {
+    Running = 0,
+    Restarting = 1,
+    Failed = 2,
+    Stopped = 3,
+}
+
+impl AgentState {
+    fn from_u8(v: u8) -> AgentState {
+        match v {
+            0 => AgentState::Running,
+            1 => AgentState::Restarting,
+            2 => AgentState::Failed,
+            _ => AgentState::Stopped,
+        }
+    }
+}
+
+/// Live facts about an agent that the control API reads without disturbing it.
+#[derive(Default)]
+pub struct AgentStatus {
+    state: AtomicU8,
+    pub restarts: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl AgentStatus {
+    pub fn state(&self) -> AgentState {
+        AgentState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    fn set_state(&self, s: AgentState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    fn set_error(&self, e: String) {
+        *self.last_error.lock().expect("status lock") = Some(e);
+    }
+}
+
+/// Which of the agent's subscriptions a message came through, highest precedence first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Via {
+    Legacy,
+    AgentRef,
+    Broadcast,
+}
+
+/// The agent's subscriptions (each may be turned off in the manifest).
+pub struct Inbox {
+    pub legacy: Option<Subscription>,
+    pub agent_ref: Option<Subscription>,
+    pub broadcast: Option<Subscription>,
+}
+
+impl Inbox {
+    /// Subscribes the patterns the manifest turns on; returns them for the startup log too.
+    pub async fn subscribe(
+        bus: &dyn Transport,
+        identity: &Identity,
+        subs: &crate::manifest::Subscriptions,
+        capacity: usize,
+    ) -> Result<(Inbox, Vec<String>), crate::bus::BusError> {
+        let mut patterns = Vec::new();
+        let mut one = |on: bool, pattern: String| {
+            if on {
+                patterns.push(pattern.clone());
+            }
+            (on, pattern)
+        };
+        let legacy = one(subs.legacy, subjects::legacy_inbox(&identity.name));
+        let agent_ref = one(subs.agent_ref, subjects::agent_ref_commands(&identity.id));
+        let broadcast = one(subs.broadcast, subjects::broadcast());
+        let inbox = Inbox {
+            legacy: if legacy.0 {
+                Some(bus.subscribe(&legacy.1, capacity).await?)
+            } else {
+                None
+            },
+            agent_ref: if agent_ref.0 {
+                Some(bus.subscribe(&agent_ref.1, capacity).await?)
+            } else {
+                None
+            },
+            broadcast: if broadcast.0 {
+                Some(bus.subscribe(&broadcast.1, capacity).await?)
+            } else {
+                None
+            },
+        };
+        Ok((inbox, patterns))
+    }
+
+    /// Whether a message that came through `via` will also come through a subscription of
+    /// higher precedence (one publish matching two patterns): then this copy is dropped.
+    fn delivered_earlier(&self, via: Via, subject: &str) -> bool {
+        let matches = |s: &Option<Subscription>| {
+            s.as_ref()
+                .is_some_and(|s| subjects::matches(s.pattern(), subject))
+        };
+        match via {
+            Via::Legacy => false,
+            Via::AgentRef => matches(&self.legacy),
+            Via::Broadcast => matches(&self.legacy) || matches(&self.agent_ref),
+        }
+    }
+}
+
+async fn next_from(sub: &mut Option<Subscription>) -> Option<BusMessage> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Requests to a running agent from the node.
+pub enum Control {
+    /// Snapshot the state, persist it, and stop.
+    Stop(oneshot::Sender<()>),
+}
+
+/// Everything the runner needs besides the live instance.
+pub struct RunnerParts {
+    pub identity: Identity,
+    pub version: String,
+    pub engine: Arc<Engine>,
+    pub compiled: Arc<CompiledAgent>,
+    pub caps: Arc<AgentCaps>,
+    pub limits: InstanceLimits,
+    pub bus: Arc<dyn Transport>,
+    pub store: Arc<dyn KvBackend>,
+    pub metrics: Arc<AgentMetrics>,
+    pub status: Arc<AgentStatus>,
+    pub snapshot_every: u32,
+    pub max_traps_per_message: u32,
+    pub dedup_window: usize,
+}
+
+/// What `host list` shows of an agent.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct AgentSummary {
+    pub name: String,
+    pub cluster: String,
+    pub id: String,
+    pub version: String,
+    pub digest: String,
+    pub state: AgentState,
+    pub handled: u64,
+    pub errors: u64,
+    pub traps: u64,
+    pub denied: u64,
+    pub restarts: u64,
+    pub dead_lettered: u64,
+    pub subscriptions: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+/// The node's handle on a running agent.
+pub struct AgentHandle {
+    pub identity: Identity,
+    pub version: String,
+    pub digest: String,
+    pub subscriptions: Vec<String>,
+    pub manifest: Arc<crate::manifest::Manifest>,
+    pub metrics: Arc<AgentMetrics>,
+    pub status: Arc<AgentStatus>,
+    compiled: Arc<CompiledAgent>,
+    caps: Arc<AgentCaps>,
+    limits: InstanceLimits,
+    control: mpsc::Sender<Control>,
+    task: JoinHandle<()>,
+}
+
+impl AgentHandle {
+    #[doc(hidden)]
+    pub fn parts_for_bench(&self) -> (Arc<CompiledAgent>, Arc<AgentCaps>, InstanceLimits) {
+        (self.compiled.clone(), self.caps.clone(), self.limits)
+    }
+
+    pub fn summary(&self) -> AgentSummary {
+        let m = &self.metrics;
+        AgentSummary {
+            name: self.identity.name.clone(),
+            cluster: self.identity.cluster.clone(),
+            id: self.identity.id.clone(),
+            version: self.version.clone(),
+            digest: self.digest.clone(),
+            state: if self.task.is_finished() && self.status.state() == AgentState::Running {
+                AgentState::Stopped
+            } else {
+                self.status.state()
+            },
+            handled: m.handled.get(),
+            errors: m.errors.get(),
+            traps: m.traps.get(),
+            denied: m.denied.get(),
+            restarts: self.status.restarts.load(Ordering::Relaxed),
+            dead_lettered: self.status.dead_lettered.load(Ordering::Relaxed),
+            subscriptions: self.subscriptions.clone(),
+            last_error: self.status.last_error.lock().expect("status lock").clone(),
+        }
+    }
+
+    /// Stops the agent after its in-flight message, persisting a final snapshot.
+    pub async fn stop(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.control.send(Control::Stop(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        }
+        self.task.abort();
+    }
+}
+
+/// Starts an agent: instantiates it, runs `init`, restores its last persisted snapshot (if
+/// this agent id has one), subscribes, and spawns its task.
+pub async fn start(
+    parts: RunnerParts,
+    manifest: Arc<crate::manifest::Manifest>,
+    mailbox_capacity: usize,
+) -> anyhow::Result<AgentHandle> {
+    let mut runner = Runner::new(parts).await?;
+    let (inbox, subscriptions) = Inbox::subscribe(
+        runner.parts.bus.as_ref(),
+        &runner.parts.identity,
+        &manifest.subscriptions,
+        mailbox_capacity,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot subscribe: {e}"))?;
+    let (control_tx, control_rx) = mpsc::channel(4);
+    let identity = runner.parts.identity.clone();
+    let version = runner.parts.version.clone();
+    let digest = runner.parts.compiled.digest.clone();
+    let metrics = runner.parts.metrics.clone();
+    let status = runner.parts.status.clone();
+    let compiled = runner.parts.compiled.clone();
+    let caps = runner.parts.caps.clone();
+    let limits = runner.parts.limits;
+    let task = tokio::spawn(async move { runner.run(inbox, control_rx).await });
+    Ok(AgentHandle {
+        identity,
+        version,
+        digest,
+        subscriptions,
+        manifest,
+        metrics,
+        status,
+        compiled,
+        caps,
+        limits,
+        control: control_tx,
+        task,
+    })
+}
+
+struct Runner {
+    parts: RunnerParts,
+    live: Option<Live>,
+    last_snapshot: Option<(String, Vec<u8>)>,
+    since_snapshot: u32,
+    consecutive_restarts: u32,
+    seen: SeenIds,
+}
+
+impl Runner {
+    async fn new(parts: RunnerParts) -> anyhow::Result<Runner> {
+        let persisted = parts
+            .store
+            .get(SNAPSHOT_NAMESPACE, &parts.identity.id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|e| decode_snapshot(&e.value));
+        let seen = SeenIds::new(parts.dedup_window);
+        let mut runner = Runner {
+            parts,
+            live: None,
+            last_snapshot: persisted,
+            since_snapshot: 0,
+            consecutive_restarts: 0,
+            seen,
+        };
+        runner.live = Some(runner.fresh_instance().await?);
+        runner.parts.status.set_state(AgentState::Running);
+        Ok(runner)
+    }
+
+    /// A new instance with `init` run and the last snapshot restored.
+    async fn fresh_instance(&mut self) -> anyhow::Result<Live> {
+        let p = &self.parts;
+        let mut live = instantiate(&p.engine, &p.compiled, p.caps.clone(), p.limits).await?;
+        let budget = p.limits.cpu_per_message.max(Duration::from_secs(1));
+        live.begin_turn(None, budget);
+        live.bindings
+            .agent_host_guest()
+            .call_init(&mut live.store, &p.identity.wit_ref())
+            .await?
+            .map_err(|e| anyhow::anyhow!("init of agent '{}' failed: {e}", p.identity.name))?;
+        if let Some((from_version, state)) = &self.last_snapshot {
+            live.begin_turn(None, budget);
+            if let Err(e) = live
+                .bindings
+                .agent_host_guest()
+                .call_restore(&mut live.store, from_version, state)
+                .await?
+            {
+                tracing::warn!(agent = %p.identity.name, "restore of the last snapshot (v{from_version}) failed: {e}; starting from a fresh state");
+            }
+        }
+        Ok(live)
+    }
+
+    async fn run(&mut self, mut inbox: Inbox, mut control: mpsc::Receiver<Control>) {
+        loop {
+            let (msg, via) = tokio::select! {
+                c = control.recv() => {
+                    match c {
+                        Some(Control::Stop(done)) => {
+                            self.snapshot_and_persist().await;
+                            self.parts.status.set_state(AgentState::Stopped);
+                            let _ = done.send(());
+                        }
+                        None => self.parts.status.set_state(AgentState::Stopped),
+                    }
+                    return;
+                }
+                Some(m) = next_from(&mut inbox.legacy) => (m, Via::Legacy),
+                Some(m) = next_from(&mut inbox.agent_ref) => (m, Via::AgentRef),
+                Some(m) = next_from(&mut inbox.broadcast) => (m, Via::Broadcast),
+                else => return,
+            };
+            if inbox.delivered_earlier(via, &msg.subject) {
+                continue;
+            }
+            if let Some(id) = msg.header(subjects::MSG_ID_HEADER) {
+                if !self.seen.first_time(id) {
+                    self.parts.metrics.duplicates.inc();
+                    continue;
+                }
+            }
+            if !self.deliver(msg).await {
+                return;
+            }
+        }
+    }
+
+    /// Hands one message to `handle`, retrying after traps; false when the agent failed.
+    async fn deliver(&mut self, msg: BusMessage) -> bool {
+        let dead_letter_copy = msg.clone();
+        let wit_msg = to_wit_message(msg, None);
+        let mut traps = 0u32;
+        loop {
+            match self.handle_once(&wit_msg).await {
+                Ok(()) => break,
+                Err(trap) => {
+                    traps += 1;
+                    let text = format!("{trap:#}");
+                    tracing::error!(agent = %self.parts.identity.name, message = %wit_msg.id, attempt = traps, "trapped: {text}");
+                    self.parts.status.set_error(format!("trap: {text}"));
+                    if !self.restart().await {
+                        return false;
+                    }
+                    if traps >= self.parts.max_traps_per_message {
+                        self.dead_letter(dead_letter_copy, &text).await;
+                        break;
+                    }
+                }
+            }
+        }
+        self.since_snapshot += 1;
+        if self.parts.snapshot_every > 0 && self.since_snapshot >= self.parts.snapshot_every {
+            self.snapshot_and_persist().await;
+        }
+        true
+    }
+
+    /// One `handle` call. Err only for a trap (the instance is then unusable).
+    async fn handle_once(&mut self, msg: &Message) -> anyhow::Result<()> {
+        let p = &self.parts;
+        let live = self
+            .live
+            .as_mut()
+            .expect("a live instance between restarts");
+        live.begin_turn(msg.reply_to.clone(), p.limits.cpu_per_message);
+        let started = Instant::now();
+        let result = live
+            .bindings
+            .agent_host_guest()
+            .call_handle(&mut live.store, msg)
+            .await;
+        p.metrics.latency.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(())) => {
+                p.metrics.handled.inc();
+                self.consecutive_restarts = 0;
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                p.metrics.errors.inc();
+                tracing::debug!(agent = %p.identity.name, message = %msg.id, "handle returned an error: {e}");
+                p.status.set_error(format!("handle {}: {e}", msg.subject));
+                self.consecutive_restarts = 0;
+                Ok(())
+            }
+            Err(trap) => {
+                p.metrics.traps.inc();
+                self.live = None;
+                Err(trap.into())
+            }
+        }
+    }
+
+    /// Re-creates the instance from the last snapshot, backing off when it keeps failing.
+    /// False when the agent is marked failed.
+    async fn restart(&mut self) -> bool {
+        self.parts.status.set_state(AgentState::Restarting);
+        loop {
+            self.consecutive_restarts += 1;
+            self.parts.status.restarts.fetch_add(1, Ordering::Relaxed);
+            if self.consecutive_restarts > MAX_CONSECUTIVE_RESTARTS {
+                tracing::error!(agent = %self.parts.identity.name, "restarted {MAX_CONSECUTIVE_RESTARTS} times in a row without handling a message; marking it failed");
+                self.parts.status.set_state(AgentState::Failed);
+                return false;
+            }
+            if self.consecutive_restarts > 1 {
+                let backoff =
+                    Duration::from_millis(10u64 << (self.consecutive_restarts - 2).min(8));
+                tokio::time::sleep(backoff).await;
+            }
+            match self.fresh_instance().await {
+                Ok(live) => {
+                    self.live = Some(live);
+                    self.parts.status.set_state(AgentState::Running);
+                    return true;
+                }
+                Err(e) => {
+                    tracing::error!(agent = %self.parts.identity.name, "restart failed: {e:#}");
+                    self.parts.status.set_error(format!("restart: {e:#}"));
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(&mut self, msg: BusMessage, error: &str) {
+        let p = &self.parts;
+        p.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        let mut headers = msg.headers.clone();
+        headers.push((
+            subjects::ERROR_HEADER.to_string(),
+            error.replace(['\r', '\n'], " "),
+        ));
+        headers.push(("Agent-Original-Subject".to_string(), msg.subject.clone()));
+        let dlq = subjects::dead_letter(&p.identity.name);
+        let out = BusMessage {
+            subject: dlq.clone(),
+            reply_to: None,
+            headers,
+            payload: msg.payload,
+        };
+        tracing::warn!(agent = %p.identity.name, subject = %msg.subject, "message trapped {} times; sent to {dlq}", p.max_traps_per_message);
+        if let Err(e) = p.bus.publish(out).await {
+            tracing::error!(agent = %p.identity.name, "cannot publish to {dlq}: {e}");
+        }
+    }
+
+    /// Takes a snapshot and persists it so a restart (or a node restart) resumes from it.
+    async fn snapshot_and_persist(&mut self) {
+        self.since_snapshot = 0;
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        live.begin_turn(
+            None,
+            self.parts
+                .limits
+                .cpu_per_message
+                .max(Duration::from_secs(1)),
+        );
+        match live
+            .bindings
+            .agent_host_guest()
+            .call_snapshot(&mut live.store)
+            .await
+        {
+            Ok(state) => {
+                let encoded = encode_snapshot(&self.parts.version, &state);
+                self.last_snapshot = Some((self.parts.version.clone(), state));
+                if let Err(e) = self
+                    .parts
+                    .store
+                    .set(
+                        SNAPSHOT_NAMESPACE,
+                        &self.parts.identity.id,
+                        &encoded,
+                        &Quota::UNLIMITED,
+                    )
+                    .await
+                {
+                    tracing::warn!(agent = %self.parts.identity.name, "cannot persist snapshot: {e}");
+                }
+            }
+            Err(trap) => {
+                self.parts.metrics.traps.inc();
+                tracing::error!(agent = %self.parts.identity.name, "snapshot trapped: {trap:#}");
+                self.live = None;
+                let _ = self.restart().await;
+            }
+        }
+    }
+}
+
+/// A persisted snapshot: the version that wrote it, a newline, the state bytes.
+fn encode_snapshot(version: &str, state: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(version.len() + 1 + state.len());
+    out.extend_from_slice(version.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(state);
+    out
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Option<(String, Vec<u8>)> {
+    let pos = bytes.iter().position(|b| *b == b'\n')?;
+    let version = std::str::from_utf8(&bytes[..pos]).ok()?.to_string();
+    Some((version, bytes[pos + 1..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_keeps_the_version_that_wrote_it() {
+        let bytes = encode_snapshot("1.2.0", b"{\"count\":3}\n");
+        assert_eq!(
+            decode_snapshot(&bytes),
+            Some(("1.2.0".to_string(), b"{\"count\":3}\n".to_vec()))
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! An agent's stdout and stderr, line by line, into the host's log tagged with the agent.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+
+/// Longest line kept before it is flushed anyway.
+const MAX_LINE: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct LogStream {
+    agent: Arc<str>,
+    stream: &'static str,
+}
+
+impl LogStream {
+    pub fn new(agent: &str, stream: &'static str) -> LogStream {
+        LogStream {
+            agent: Arc::from(agent),
+            stream,
+        }
+    }
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(LineWriter {
+            target: self.clone(),
+            buf: Vec::new(),
+        })
+    }
+}
+
+struct LineWriter {
+    target: LogStream,
+    buf: Vec<u8>,
+}
+
+impl LineWriter {
+    fn emit(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches('\r');
+        if self.target.stream == "stderr" {
+            tracing::warn!(agent = %self.target.agent, stream = "stderr", "{text}");
+        } else {
+            tracing::info!(agent = %self.target.agent, stream = "stdout", "{text}");
+        }
+    }
+
+    fn flush_lines(&mut self) {
+        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=pos).collect();
+            self.emit(&line[..line.len() - 1]);
+        }
+        if self.buf.len() > MAX_LINE {
+            let line = std::mem::take(&mut self.buf);
+            self.emit(&line);
+        }
+    }
+}
+
+impl AsyncWrite for LineWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.buf.extend_from_slice(data);
+        self.flush_lines();
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.buf.is_empty() {
+            let line = std::mem::take(&mut self.buf);
+            self.emit(&line);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            let line = std::mem::take(&mut self.buf);
+            self.emit(&line);
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The message bus agents talk through (DESIGN §4, §6).
+//!
+//! [`Transport`] is what the rest of the host uses; [`EmbeddedBus`] implements it in process
+//! (the default) and a NATS implementation follows the same contract, so an agent behaves
+//! the same on both. The contract is NATS's: dot-separated subjects, `*` matching one token
+//! and `>` one or more trailing tokens, one copy per matching subscription, request/reply
+//! over a reply inbox, and slow consumers losing messages — counted and logged, never
+//! silently.
+
+mod embedded;
+mod trie;
+
+pub use embedded::EmbeddedBus;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+/// The payload limit NATS servers use by default (1 MiB); the embedded bus uses it too so
+/// an agent that works embedded does not fail on a default NATS cluster.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// How often, at most, a slow consumer is reported per subscription: enough to notice,
+/// not so often that a flood of drops floods the log too.
+const DROP_WARN_INTERVAL_MS: u64 = 1000;
+
+/// A message on the bus. Headers keep order and allow repeated keys (NATS headers).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BusMessage {
+    pub subject: String,
+    pub reply_to: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub payload: Bytes,
+}
+
+impl BusMessage {
+    /// A message without reply subject or headers.
+    pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            subject: subject.into(),
+            reply_to: None,
+            headers: Vec::new(),
+            payload: payload.into(),
+        }
+    }
+
+    /// Appends a header, keeping any earlier one of the same name (NATS allows repeats).
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((key.into(), value.into()));
+        self
+    }
+
+    /// The first value of header `key`, compared case-insensitively as NATS (and HTTP)
+    /// header names are.
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a bus operation failed; the same variants for every [`Transport`].
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum BusError {
+    #[error("invalid subject: {0}")]
+    InvalidSubject(String),
+    #[error("no responders: nothing subscribes to '{0}'")]
+    NoResponders(String),
+    #[error("no reply arrived before the timeout")]
+    Timeout,
+    #[error("payload is {size} bytes; the bus accepts at most {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("the bus is closed")]
+    Closed,
+}
+
+/// A message bus: the embedded one or NATS. Callers hold it as `Arc<dyn Transport>`.
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Delivers `msg` to every subscription matching its subject, without waiting for any
+    /// of them (a full subscriber loses the message; see [`Subscription`]).
+    async fn publish(&self, msg: BusMessage) -> Result<(), BusError>;
+
+    /// Subscribes; messages arrive on the returned Subscription. `capacity` bounds its
+    /// buffer: when full, new messages for it are dropped and counted.
+    async fn subscribe(&self, pattern: &str, capacity: usize) -> Result<Subscription, BusError>;
+
+    /// Publishes with a fresh reply inbox and waits for the first reply. NoResponders at
+    /// once when nothing subscribes to the subject (NATS does this too), Timeout after
+    /// `timeout`.
+    async fn request(&self, msg: BusMessage, timeout: Duration) -> Result<BusMessage, BusError>;
+
+    /// Messages dropped because a subscriber's buffer was full, since start.
+    fn dropped(&self) -> u64;
+
+    /// Max payload size accepted by publish (TooLarge beyond it).
+    fn max_payload(&self) -> usize;
+}
+
+/// A stream of the messages matching one pattern.
+///
+/// Its buffer is bounded: a subscriber that does not keep up loses new messages (NATS calls
+/// this a slow consumer), which [`Subscription::dropped`] counts. Dropping the
+/// Subscription unsubscribes: the bus stops routing to it and frees its entry.
+pub struct Subscription {
+    rx: mpsc::Receiver<BusMessage>,
+    stats: Arc<SinkStats>,
+    unsubscribe: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Subscription {
+    /// The next message; `None` once the bus has shut down. Cancel-safe, so it can sit in a
+    /// `select!` without losing messages.
+    pub async fn next(&mut self) -> Option<BusMessage> {
+        self.rx.recv().await
+    }
+
+    /// A message already buffered, if any, without waiting.
+    pub fn try_next(&mut self) -> Option<BusMessage> {
+        self.rx.try_recv().ok()
+    }
+
+    /// The pattern this subscription was made with.
+    pub fn pattern(&self) -> &str {
+        &self.stats.pattern
+    }
+
+    /// Messages this subscription lost because its buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.stats.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Runs `unsubscribe` when the Subscription is dropped, before its buffer is freed.
+    pub(crate) fn on_drop(mut self, unsubscribe: impl FnOnce() + Send + Sync + 'static) -> Self {
+        self.unsubscribe = Some(Box::new(unsubscribe));
+        self
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(unsubscribe) = self.unsubscribe.take() {
+            unsubscribe();
+        }
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("pattern", &self.stats.pattern)
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A pair of a [`Sink`] the transport delivers into and the [`Subscription`] the subscriber
+/// reads from; every transport builds its subscriptions this way so slow-consumer
+/// accounting is the same on all of them. A `capacity` of 0 is taken as 1.
+pub(crate) fn subscription_channel(pattern: &str, capacity: usize) -> (Sink, Subscription) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let stats = Arc::new(SinkStats {
+        pattern: pattern.to_string(),
+        dropped: AtomicU64::new(0),
+        next_warn_ms: AtomicU64::new(0),
+        born: Instant::now(),
+    });
+    let sink = Sink {
+        tx,
+        stats: stats.clone(),
+    };
+    (
+        sink,
+        Subscription {
+            rx,
+            stats,
+            unsubscribe: None,
+        },
+    )
+}
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    Sent,
+    /// The buffer was full; the drop was counted.
+    Dropped,
+    /// The subscriber is gone; its entry should be removed.
+    Closed,
+}
+
+/// The sending half of a subscription, held by the transport.
+#[derive(Debug)]
+pub(crate) struct Sink {
+    tx: mpsc::Sender<BusMessage>,
+    stats: Arc<SinkStats>,
+}
+
+impl Sink {
+    /// Hands `msg` over without waiting. A full buffer drops it and counts the drop here and
+    /// in `global` (the transport-wide count behind [`Transport::dropped`]).
+    pub(crate) fn deliver(&self, msg: BusMessage, global: &AtomicU64) -> Delivery {
+        match self.tx.try_send(msg) {
+            Ok(()) => Delivery::Sent,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                global.fetch_add(1, Ordering::Relaxed);
+                self.stats.note_drop();
+                Delivery::Dropped
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+        }
+    }
+
+    pub(crate) fn pattern(&self) -> &str {
+        &self.stats.pattern
+    }
+}
+
+/// Per-subscription counters shared by its [`Sink`] and [`Subscription`].
+#[derive(Debug)]
+struct SinkStats {
+    pattern: String,
+    dropped: AtomicU64,
+    /// Milliseconds since `born` before which no further drop warning is logged.
+    next_warn_ms: AtomicU64,
+    born: Instant,
+}
+
+impl SinkStats {
+    fn note_drop(&self) {
+        let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.warn_due(self.born.elapsed().as_millis() as u64) {
+            tracing::warn!(
+                pattern = %self.pattern,
+                dropped = total,
+                "slow consumer: subscription buffer full, dropping messages"
+            );
+        }
+    }
+
+    /// Whether a warning may be logged at `now_ms`; claims the slot if so, so concurrent
+    /// publishers log once between them.
+    fn warn_due(&self, now_ms: u64) -> bool {
+        let next = self.next_warn_ms.load(Ordering::Relaxed);
+        now_ms >= next
+            && self
+                .next_warn_ms
+                .compare_exchange(
+                    next,
+                    now_ms + DROP_WARN_INTERVAL_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_looked_up_case_insensitively_and_the_first_repeat_wins() {
+        let msg = BusMessage::new("a.b", "x")
+            .with_header("Agent-Ref", "c.n.1")
+            .with_header("agent-ref", "c.n.2");
+        assert_eq!(msg.header("AGENT-REF"), Some("c.n.1"));
+        assert_eq!(msg.headers.len(), 2);
+        assert_eq!(msg.header("missing"), None);
+    }
+
+    #[test]
+    fn a_slow_consumer_is_reported_at_most_once_per_second() {
+        let (sink, _sub) = subscription_channel("a.>", 1);
+        let stats = &sink.stats;
+        assert!(stats.warn_due(0), "the first drop is reported at once");
+        assert!(!stats.warn_due(10));
+        assert!(!stats.warn_due(999));
+        assert!(stats.warn_due(1000));
+        assert!(!stats.warn_due(1500));
+    }
+
+    #[test]
+    fn a_full_buffer_drops_and_counts_and_a_gone_reader_is_reported_closed() {
+        let global = AtomicU64::new(0);
+        let (sink, sub) = subscription_channel("a.>", 0);
+        assert_eq!(
+            sink.deliver(BusMessage::new("a.1", ""), &global),
+            Delivery::Sent
+        );
+        assert_eq!(
+            sink.deliver(BusMessage::new("a.2", ""), &global),
+            Delivery::Dropped
+        );
+        assert_eq!((sub.dropped(), global.load(Ordering::Relaxed)), (1, 1));
+        drop(sub);
+        assert_eq!(
+            sink.deliver(BusMessage::new("a.3", ""), &global),
+            Delivery::Closed
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! `agent:host/kv`: the agent's own key-value namespace.
+//!
+//! Grant: `[kv] max_bytes` / `max_keys` (quota). The namespace is the agent's id and is
+//! never part of what the agent passes, so no agent can reach another's keys.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::{HasData, Linker};
+
+use super::HostResult;
+use crate::agent::{AgentStore, Turn};
+use crate::bindings::agent::host::kv::{self, CasOutcome, Entry};
+use crate::bindings::WitError;
+use crate::storage::{self, KvBackend, KvError, Quota};
+
+/// Keys one `list-keys` call returns at most.
+pub const MAX_LIST: usize = 10_000;
+
+pub struct KvCtx {
+    pub namespace: String,
+    pub quota: Quota,
+    pub backend: Arc<dyn KvBackend>,
+}
+
+impl KvCtx {
+    // ---- manifest check: the quota is enforced by the backend inside the write ---------
+    fn quota(&self) -> &Quota {
+        &self.quota
+    }
+}
+
+fn wit_error(e: KvError) -> WitError {
+    match e {
+        KvError::Invalid(why) => WitError::Invalid(why),
+        KvError::QuotaExceeded(why) => WitError::QuotaExceeded(why),
+        KvError::Unavailable(why) => WitError::Unavailable(why),
+        KvError::Internal(why) => WitError::Internal(why),
+    }
+}
+
+pub struct KvView<'a> {
+    ctx: &'a KvCtx,
+    turn: &'a mut Turn,
+}
+
+struct KvData;
+
+impl HasData for KvData {
+    type Data<'a> = KvView<'a>;
+}
+
+pub fn add_to_linker(linker: &mut Linker<AgentStore>) -> wasmtime::Result<()> {
+    kv::add_to_linker::<AgentStore, KvData>(linker, |s| {
+        let AgentStore { caps, turn, .. } = s;
+        KvView {
+            ctx: &caps.kv,
+            turn,
+        }
+    })
+}
+
+impl KvView<'_> {
+    /// Runs a backend call, counting its time as host time (not the agent's CPU budget).
+    async fn timed<T>(
+        &mut self,
+        f: impl std::future::Future<Output = Result<T, KvError>>,
+    ) -> Result<T, WitError> {
+        let started = Instant::now();
+        let r = f.await.map_err(wit_error);
+        self.turn.host_time += started.elapsed();
+        r
+    }
+}
+
+impl kv::Host for KvView<'_> {
+    async fn get(&mut self, key: String) -> HostResult<Option<Entry>> {
+        let ctx = self.ctx;
+        let r = self.timed(ctx.backend.get(&ctx.namespace, &key)).await;
+        Ok(r.map(|e| {
+            e.map(|e| Entry {
+                value: e.value,
+                revision: e.revision,
+            })
+        }))
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> HostResult<u64> {
+        let ctx = self.ctx;
+        Ok(self
+            .timed(ctx.backend.set(&ctx.namespace, &key, &value, ctx.quota()))
+            .await)
+    }
+
+    async fn delete(&mut self, key: String) -> HostResult<()> {
+        let ctx = self.ctx;
+        Ok(self.timed(ctx.backend.delete(&ctx.namespace, &key)).await)
+    }
+
+    async fn list_keys(&mut self, prefix: String) -> HostResult<Vec<String>> {
+        let ctx = self.ctx;
+        Ok(self
+            .timed(ctx.backend.list_keys(&ctx.namespace, &prefix, MAX_LIST))
+            .await)
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<u64>,
+        value: Vec<u8>,
+    ) -> HostResult<CasOutcome> {
+        let ctx = self.ctx;
+        let r = self
+            .timed(ctx.backend.compare_and_swap(
+                &ctx.namespace,
+                &key,
+                expected,
+                &value,
+                ctx.quota(),
+            ))
+            .await;
+        Ok(r.map(|o| match o {
+            storage::CasOutcome::Swapped(rev) => CasOutcome::Swapped(rev),
+            storage::CasOutcome::Conflict(cur) => CasOutcome::Conflict(cur),
+        }))
+    }
+}

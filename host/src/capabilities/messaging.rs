@@ -1,0 +1,320 @@
+//! `agent:host/messaging`: publish, send to agents, request, request-many.
+//!
+//! Grants: `[messaging] publish` (subject patterns for publish and request) and
+//! `[messaging] send` (agent names for send and agent-addressed requests). Replying to the
+//! message being handled needs no grant.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wasmtime::component::{HasData, Linker};
+
+use super::{deny, HostResult};
+use crate::agent::{AgentStore, Identity, Turn};
+use crate::bindings::agent::host::messaging::{self, AgentTarget, Destination, OutgoingRequest};
+use crate::bindings::{Header, Message, WitError};
+use crate::bus::{BusError, BusMessage, Transport};
+use crate::manifest::MessagingGrants;
+use crate::subjects;
+use crate::telemetry::AgentMetrics;
+
+/// Most requests one `request-many` call may fan out.
+pub const MAX_FAN_OUT: usize = 256;
+
+/// Resolves agent names to references for the agent-ref subject scheme.
+pub trait Directory: Send + Sync {
+    /// `(cluster, id)` of the agent named `name`, if this node knows it.
+    fn lookup(&self, name: &str) -> Option<(String, String)>;
+}
+
+/// What the messaging import of one agent needs; shared by all its instances.
+pub struct MessagingCtx {
+    pub identity: Identity,
+    pub grants: MessagingGrants,
+    pub bus: Arc<dyn Transport>,
+    pub directory: Arc<dyn Directory>,
+    pub unified_subjects: bool,
+    pub max_message_bytes: usize,
+    pub max_timeout: Duration,
+    pub metrics: Arc<AgentMetrics>,
+}
+
+impl MessagingCtx {
+    // ---- manifest checks -------------------------------------------------------------
+
+    fn check_publish(&self, subject: &str, turn: &Turn) -> Result<(), WitError> {
+        subjects::validate_subject(subject).map_err(WitError::Invalid)?;
+        if turn.reply_to.as_deref() == Some(subject)
+            || self
+                .grants
+                .publish
+                .iter()
+                .any(|p| subjects::matches(p, subject))
+        {
+            return Ok(());
+        }
+        Err(deny(
+            &self.identity,
+            &self.metrics,
+            format!(
+                "agent '{}' may not publish to '{subject}': add a matching pattern to [messaging] publish in its manifest, e.g. publish = [\"{subject}\"]",
+                self.identity.name
+            ),
+        ))
+    }
+
+    fn check_send(&self, to_name: &str) -> Result<(), WitError> {
+        if self.grants.send.iter().any(|n| n == "*" || n == to_name) {
+            return Ok(());
+        }
+        Err(deny(
+            &self.identity,
+            &self.metrics,
+            format!(
+                "agent '{}' may not send to agent '{to_name}': add \"{to_name}\" to [messaging] send in its manifest",
+                self.identity.name
+            ),
+        ))
+    }
+
+    fn check_size(&self, payload: &[u8]) -> Result<(), WitError> {
+        if payload.len() > self.max_message_bytes {
+            return Err(WitError::Invalid(format!(
+                "payload is {} bytes; at most {} allowed ([limits] max_message_bytes)",
+                payload.len(),
+                self.max_message_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    // ---- subjects --------------------------------------------------------------------
+
+    /// The subject of `command` for `to`, on the scheme `unified_subjects` selects.
+    fn command_subject(&self, to: &AgentTarget, command: &str) -> Result<String, WitError> {
+        subjects::validate_command(command).map_err(WitError::Invalid)?;
+        let (name, cluster_id) = match to {
+            AgentTarget::Name(name) => (name.as_str(), None),
+            AgentTarget::Agent(r) => (r.name.as_str(), Some((r.cluster.clone(), r.id.clone()))),
+        };
+        subjects::validate_name(name).map_err(|e| WitError::Invalid(format!("agent name: {e}")))?;
+        self.check_send(name)?;
+        if !self.unified_subjects {
+            return Ok(subjects::legacy_command(name, command));
+        }
+        match cluster_id.or_else(|| self.directory.lookup(name)) {
+            Some((cluster, id)) => Ok(subjects::agent_ref_command(&cluster, name, &id, command)),
+            // An agent this node does not know yet: the legacy inbox still reaches it.
+            None => Ok(subjects::legacy_command(name, command)),
+        }
+    }
+
+    fn destination_subject(&self, to: &Destination, turn: &Turn) -> Result<String, WitError> {
+        match to {
+            Destination::Subject(subject) => {
+                self.check_publish(subject, turn)?;
+                Ok(subject.clone())
+            }
+            Destination::Agent(cmd) => self.command_subject(&cmd.to, &cmd.command),
+        }
+    }
+
+    /// A bus message from this agent: the sender header is always the host's.
+    fn outgoing(&self, subject: String, headers: Vec<Header>, payload: Vec<u8>) -> BusMessage {
+        let mut out: Vec<(String, String)> = Vec::with_capacity(headers.len() + 1);
+        out.extend(
+            headers
+                .into_iter()
+                .filter(|h| !h.key.eq_ignore_ascii_case(subjects::SENDER_HEADER))
+                .map(|h| (h.key, h.value)),
+        );
+        out.push((
+            subjects::SENDER_HEADER.to_string(),
+            self.identity.agent_ref.clone(),
+        ));
+        BusMessage {
+            subject,
+            reply_to: None,
+            headers: out,
+            payload: Bytes::from(payload),
+        }
+    }
+
+    async fn request_one(
+        &self,
+        subject: String,
+        headers: Vec<Header>,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Message, WitError> {
+        self.check_size(&payload)?;
+        let msg = self.outgoing(subject.clone(), headers, payload);
+        match self.bus.request(msg, timeout).await {
+            Ok(reply) => Ok(to_wit_message(reply, None)),
+            Err(e) => Err(bus_error(e, &subject)),
+        }
+    }
+
+    fn timeout(&self, timeout_ms: u32) -> Duration {
+        Duration::from_millis(u64::from(timeout_ms)).min(self.max_timeout)
+    }
+}
+
+/// Maps a bus failure to the error the agent sees.
+pub fn bus_error(e: BusError, subject: &str) -> WitError {
+    match e {
+        BusError::Timeout => WitError::Timeout,
+        BusError::NoResponders(_) => {
+            WitError::Unavailable(format!("nothing subscribes to '{subject}' (no responders)"))
+        }
+        BusError::InvalidSubject(why) => WitError::Invalid(why),
+        BusError::TooLarge { size, max } => WitError::Invalid(format!(
+            "message is {size} bytes; the bus accepts at most {max}"
+        )),
+        BusError::Unavailable(why) => WitError::Unavailable(why),
+        BusError::Closed => WitError::Unavailable("the bus is shutting down".into()),
+    }
+}
+
+/// Converts a bus message for the guest; `id` is the `Nats-Msg-Id` header when present.
+pub fn to_wit_message(msg: BusMessage, id: Option<String>) -> Message {
+    let id = id
+        .or_else(|| msg.header(subjects::MSG_ID_HEADER).map(str::to_string))
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    Message {
+        id,
+        subject: msg.subject,
+        reply_to: msg.reply_to,
+        headers: msg
+            .headers
+            .into_iter()
+            .map(|(key, value)| Header { key, value })
+            .collect(),
+        payload: msg.payload.to_vec(),
+    }
+}
+
+/// The messaging import as seen from one call: the agent's context and its current turn.
+pub struct MessagingView<'a> {
+    ctx: &'a MessagingCtx,
+    turn: &'a mut Turn,
+}
+
+struct MessagingData;
+
+impl HasData for MessagingData {
+    type Data<'a> = MessagingView<'a>;
+}
+
+pub fn add_to_linker(linker: &mut Linker<AgentStore>) -> wasmtime::Result<()> {
+    messaging::add_to_linker::<AgentStore, MessagingData>(linker, |s| {
+        let AgentStore { caps, turn, .. } = s;
+        MessagingView {
+            ctx: &caps.messaging,
+            turn,
+        }
+    })
+}
+
+impl messaging::Host for MessagingView<'_> {
+    async fn publish(
+        &mut self,
+        subject: String,
+        headers: Vec<Header>,
+        payload: Vec<u8>,
+    ) -> HostResult<()> {
+        let ctx = self.ctx;
+        if let Err(e) = ctx
+            .check_publish(&subject, self.turn)
+            .and_then(|_| ctx.check_size(&payload))
+        {
+            return Ok(Err(e));
+        }
+        let msg = ctx.outgoing(subject.clone(), headers, payload);
+        Ok(ctx
+            .bus
+            .publish(msg)
+            .await
+            .map_err(|e| bus_error(e, &subject)))
+    }
+
+    async fn send(
+        &mut self,
+        to: AgentTarget,
+        command: String,
+        headers: Vec<Header>,
+        payload: Vec<u8>,
+    ) -> HostResult<()> {
+        let ctx = self.ctx;
+        let subject = match ctx
+            .command_subject(&to, &command)
+            .and_then(|s| ctx.check_size(&payload).map(|_| s))
+        {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e)),
+        };
+        let msg = ctx.outgoing(subject.clone(), headers, payload);
+        Ok(ctx
+            .bus
+            .publish(msg)
+            .await
+            .map_err(|e| bus_error(e, &subject)))
+    }
+
+    async fn request(
+        &mut self,
+        to: Destination,
+        headers: Vec<Header>,
+        payload: Vec<u8>,
+        timeout_ms: u32,
+    ) -> HostResult<Message> {
+        let ctx = self.ctx;
+        let subject = match ctx.destination_subject(&to, self.turn) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e)),
+        };
+        let started = Instant::now();
+        let result = ctx
+            .request_one(subject, headers, payload, ctx.timeout(timeout_ms))
+            .await;
+        self.turn.host_time += started.elapsed();
+        Ok(result)
+    }
+
+    async fn request_many(
+        &mut self,
+        requests: Vec<OutgoingRequest>,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Vec<Result<Message, WitError>>> {
+        let ctx = self.ctx;
+        if requests.len() > MAX_FAN_OUT {
+            let why = format!(
+                "request-many got {} requests; at most {MAX_FAN_OUT} per call",
+                requests.len()
+            );
+            return Ok(requests
+                .iter()
+                .map(|_| Err(WitError::Invalid(why.clone())))
+                .collect());
+        }
+        let timeout = ctx.timeout(timeout_ms);
+        let turn: &Turn = self.turn;
+        let calls = requests.into_iter().map(|r| {
+            let subject = ctx.destination_subject(&r.to, turn);
+            async move {
+                match subject {
+                    Ok(subject) => {
+                        ctx.request_one(subject, r.headers, r.payload, timeout)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        });
+        let started = Instant::now();
+        let results = futures::future::join_all(calls).await;
+        self.turn.host_time += started.elapsed();
+        Ok(results)
+    }
+}

@@ -1,0 +1,198 @@
+//! The client verbs: each sends one request to the running node and prints the answer.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::Command;
+use crate::agent::AgentSummary;
+use crate::control::client::ControlClient;
+use crate::control::protocol::{Reply, Request};
+use crate::node::LoadRequest;
+
+/// `path` made absolute against the current directory (the node has its own).
+pub fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    })
+}
+
+pub async fn client_verb(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Load {
+            component,
+            manifest,
+            name,
+            control,
+        } => {
+            for p in component.iter().chain(manifest.iter()) {
+                if !p.is_file() {
+                    anyhow::bail!("{} is not a file", p.display());
+                }
+            }
+            let req = LoadRequest {
+                component: component.as_deref().map(absolute).transpose()?,
+                manifest: manifest.as_deref().map(absolute).transpose()?,
+                name,
+            };
+            let value = ControlClient::connect(&control.path())
+                .await?
+                .call(&Request::Load(req))
+                .await?;
+            let agent: AgentSummary = summary(value)?;
+            println!(
+                "loaded '{}' v{} as {}.{}.{}",
+                agent.name, agent.version, agent.cluster, agent.name, agent.id
+            );
+            for s in &agent.subscriptions {
+                println!("  subscribed to {s}");
+            }
+        }
+        Command::Unload { agent, control } => {
+            ControlClient::connect(&control.path())
+                .await?
+                .call(&Request::Unload {
+                    name: agent.clone(),
+                })
+                .await?;
+            println!("unloaded '{agent}'");
+        }
+        Command::List { json, control } => {
+            let value = ControlClient::connect(&control.path())
+                .await?
+                .call(&Request::List)
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print_table(&value);
+            }
+        }
+        Command::Status {
+            agent,
+            json,
+            control,
+        } => {
+            let value = ControlClient::connect(&control.path())
+                .await?
+                .call(&Request::Status { name: agent })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print_status(&value);
+            }
+        }
+        Command::Send {
+            subject,
+            payload,
+            headers,
+            wait,
+            control,
+        } => {
+            let headers = headers
+                .iter()
+                .map(|h| parse_header(h))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let wait_ms = match wait {
+                Some(secs) if !(secs > 0.0 && secs.is_finite()) => anyhow::bail!(
+                    "--wait {secs}: expected a positive number of seconds, e.g. --wait 2"
+                ),
+                Some(secs) => Some((secs * 1000.0) as u64),
+                None => None,
+            };
+            let req = Request::Send {
+                subject,
+                headers,
+                payload: payload.into_bytes(),
+                wait_ms,
+            };
+            let value = ControlClient::connect(&control.path())
+                .await?
+                .call(&req)
+                .await?;
+            if wait_ms.is_some() {
+                let reply: Reply = serde_json::from_value(value)?;
+                use std::io::Write;
+                let mut out = std::io::stdout();
+                out.write_all(&reply.payload)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Command::Run { .. } | Command::Check { .. } => unreachable!("handled in cli::main"),
+    }
+    Ok(())
+}
+
+fn parse_header(text: &str) -> anyhow::Result<(String, String)> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => anyhow::bail!("--header {text:?}: expected KEY=VALUE, e.g. --header Nats-Msg-Id=42"),
+    }
+}
+
+fn summary(value: Value) -> anyhow::Result<AgentSummary> {
+    serde_json::from_value(value)
+        .map_err(|e| anyhow::anyhow!("unexpected answer from the node: {e}"))
+}
+
+fn print_table(value: &Value) {
+    let Some(agents) = value.as_array() else {
+        return;
+    };
+    if agents.is_empty() {
+        println!("no agents loaded (load one with `host load plugin.wasm`)");
+        return;
+    }
+    println!(
+        "{:<20} {:<18} {:<10} {:<11} {:>9} {:>7} {:>6} {:>7}",
+        "NAME", "CLUSTER", "VERSION", "STATE", "HANDLED", "ERRORS", "TRAPS", "DENIED"
+    );
+    for a in agents {
+        let s = |k: &str| a[k].as_str().unwrap_or("").to_string();
+        let n = |k: &str| a[k].as_u64().unwrap_or(0);
+        println!(
+            "{:<20} {:<18} {:<10} {:<11} {:>9} {:>7} {:>6} {:>7}",
+            s("name"),
+            s("cluster"),
+            s("version"),
+            s("state"),
+            n("handled"),
+            n("errors"),
+            n("traps"),
+            n("denied")
+        );
+    }
+}
+
+fn print_status(value: &Value) {
+    let a = &value["agent"];
+    let s = |k: &str| a[k].as_str().unwrap_or("").to_string();
+    let n = |k: &str| a[k].as_u64().unwrap_or(0);
+    println!("agent      {}.{}.{}", s("cluster"), s("name"), s("id"));
+    println!("version    {}  (sha256 {})", s("version"), s("digest"));
+    println!("state      {}", s("state"));
+    println!(
+        "messages   {} handled, {} errors, {} traps, {} denied calls, {} restarts, {} dead-lettered",
+        n("handled"),
+        n("errors"),
+        n("traps"),
+        n("denied"),
+        n("restarts"),
+        n("dead_lettered")
+    );
+    if let Some(subs) = a["subscriptions"].as_array() {
+        for sub in subs {
+            println!("listens    {}", sub.as_str().unwrap_or(""));
+        }
+    }
+    if let Some(e) = a["last_error"].as_str() {
+        println!("last error {e}");
+    }
+    if let Some(g) = value["grants"].as_str() {
+        println!();
+        println!("{g}");
+    }
+}

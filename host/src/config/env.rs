@@ -1,0 +1,82 @@
+//! Environment overrides, applied after the file so deployments can keep one file.
+//!
+//! The variable names are the ones the existing deployment already sets. An empty value
+//! counts as unset, because `VAR=` in a compose file or shell usually means "not set".
+
+use std::path::PathBuf;
+
+use super::read::{check_stream_name, ollama_url};
+use super::{ConfigError, NodeConfig};
+
+/// Every variable the node reads, for docs and `host check`.
+pub const ENV_VARS: [&str; 7] = [
+    "ENABLE_UNIFIED_SUBJECTS",
+    "SNAPSHOT_FREQUENCY",
+    "HOST_CONTROL",
+    "OLLAMA_HOST",
+    "OLLAMA_NUM_PARALLEL",
+    "NATS_URL",
+    "STREAM_NAME",
+];
+
+pub(super) fn apply(
+    config: &mut NodeConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let get = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+
+    if let Some(v) = get("ENABLE_UNIFIED_SUBJECTS") {
+        config.node.unified_subjects = match v.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => {
+                return Err(ConfigError::in_env(
+                    "ENABLE_UNIFIED_SUBJECTS",
+                    format!("{v:?} is not a boolean; expected true, false, 1 or 0"),
+                ))
+            }
+        };
+    }
+    if let Some(v) = get("SNAPSHOT_FREQUENCY") {
+        config.node.snapshot_every = number("SNAPSHOT_FREQUENCY", &v, "100")?;
+    }
+    if let Some(v) = get("HOST_CONTROL") {
+        config.control.socket = Some(PathBuf::from(v));
+    }
+    if let Some(v) = get("OLLAMA_HOST") {
+        let url = ollama_url(&v).map_err(|e| ConfigError::in_env("OLLAMA_HOST", e))?;
+        config.llm.ollama_url = Some(url);
+    }
+    if let Some(v) = get("OLLAMA_NUM_PARALLEL") {
+        let n = number("OLLAMA_NUM_PARALLEL", &v, "2")?;
+        if n == 0 {
+            return Err(ConfigError::in_env(
+                "OLLAMA_NUM_PARALLEL",
+                "0 would let no LLM call run; expected a whole number like 2",
+            ));
+        }
+        config.llm.num_parallel = n;
+    }
+    if let Some(v) = get("NATS_URL") {
+        config.nats.url = Some(v.trim().to_string());
+    }
+    if let Some(v) = get("STREAM_NAME") {
+        check_stream_name(&v).map_err(|e| ConfigError::in_env("STREAM_NAME", e))?;
+        config.nats.stream_name = v;
+    }
+    Ok(())
+}
+
+fn number(var: &str, value: &str, example: &str) -> Result<u32, ConfigError> {
+    value.trim().parse::<u32>().map_err(|_| {
+        let problem = if value.trim().parse::<u64>().is_ok() {
+            format!(
+                "{value:?} is too large; expected a whole number up to {}",
+                u32::MAX
+            )
+        } else {
+            format!("{value:?} is not a number; expected a whole number like {example}")
+        };
+        ConfigError::in_env(var, problem)
+    })
+}

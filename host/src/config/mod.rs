@@ -1,0 +1,287 @@
+//! The node config: one TOML file for the whole host, plus environment overrides.
+//!
+//! Everything has a default, so a node starts with no file at all. The environment
+//! variables the existing deployment scripts already set (`NATS_URL`, `OLLAMA_HOST`,
+//! `SNAPSHOT_FREQUENCY`, ...) override the file, so the same file works in every
+//! environment. Like manifests, the file is parsed strictly: unknown fields are errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::manifest::render;
+
+mod env;
+pub(crate) mod fields;
+
+pub use env::ENV_VARS;
+mod read;
+#[cfg(test)]
+mod tests;
+
+/// Everything the node needs to start, after defaults and environment overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// The file it was read from; `None` when running on defaults.
+    pub source: Option<PathBuf>,
+    pub node: NodeSection,
+    pub control: ControlSection,
+    pub http: HttpSection,
+    pub engine: EngineSection,
+    pub defaults: DefaultLimits,
+    pub llm: LlmSection,
+    pub nats: NatsSection,
+    /// Agents to load at start, in file order.
+    pub agents: Vec<AgentEntry>,
+}
+
+/// Identity and message-handling policy of this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSection {
+    pub name: String,
+    /// Where snapshots, KV data and the control socket live.
+    pub data_dir: PathBuf,
+    /// Whether `send` uses the agent-ref subject scheme instead of the legacy one (DESIGN §4).
+    pub unified_subjects: bool,
+    /// Snapshot an agent's state every N messages; 0 means never.
+    pub snapshot_every: u32,
+    /// A message that traps this many times goes to the dead-letter subject.
+    pub max_traps_per_message: u32,
+    /// Message ids remembered per agent, so a dual-published message is handled once.
+    pub dedup_window: usize,
+    /// Messages queued per agent before new ones are dropped and counted.
+    pub mailbox_capacity: usize,
+}
+
+/// The local control API (DESIGN §9).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControlSection {
+    /// Unix socket path; `None` means `<data_dir>/host.sock` (see [`NodeConfig::control_socket`]).
+    pub socket: Option<PathBuf>,
+}
+
+/// The `/health` and `/metrics` endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSection {
+    /// `None` when disabled with `listen = "off"` or `listen = ""`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Sizing of the WebAssembly engine's pooling allocator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineSection {
+    /// Instance slots, which also bounds how many agents can be loaded.
+    pub max_agents: u32,
+    /// Largest linear memory any agent may get (the pool slot size), in bytes.
+    pub max_memory: u64,
+    /// How often the epoch ticks; CPU limits are enforced at this granularity.
+    pub epoch_tick_ms: u64,
+}
+
+/// Limits for agents whose manifest leaves them unset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultLimits {
+    /// Bytes; never more than [`EngineSection::max_memory`].
+    pub memory: u64,
+    pub cpu_ms_per_message: u64,
+    pub max_message_bytes: u64,
+    /// How long one host call (request, LLM call) may take before it returns `timeout`.
+    pub host_call_timeout_ms: u64,
+}
+
+/// Where LLM calls go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmSection {
+    /// Ollama base URL with scheme; `None` means LLM calls report `unavailable`.
+    pub ollama_url: Option<String>,
+    /// LLM calls in flight at once across all agents.
+    pub num_parallel: u32,
+}
+
+/// The message bus backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsSection {
+    /// NATS server URL; `None` means the embedded in-process bus.
+    pub url: Option<String>,
+    /// JetStream stream used for durable delivery.
+    pub stream_name: String,
+}
+
+/// One agent to load at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentEntry {
+    /// The manifest path, resolved against the config file's folder.
+    pub manifest: PathBuf,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            name: "node".to_string(),
+            data_dir: PathBuf::from("./data"),
+            unified_subjects: false,
+            snapshot_every: 100,
+            max_traps_per_message: 3,
+            dedup_window: 1024,
+            mailbox_capacity: 4096,
+        }
+    }
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
+    }
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection {
+            max_agents: 1000,
+            max_memory: 64 << 20,
+            epoch_tick_ms: 10,
+        }
+    }
+}
+
+impl Default for DefaultLimits {
+    fn default() -> Self {
+        DefaultLimits {
+            memory: 64 << 20,
+            cpu_ms_per_message: 200,
+            max_message_bytes: 1 << 20,
+            host_call_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for LlmSection {
+    fn default() -> Self {
+        LlmSection {
+            ollama_url: None,
+            num_parallel: 2,
+        }
+    }
+}
+
+impl Default for NatsSection {
+    fn default() -> Self {
+        NatsSection {
+            url: None,
+            stream_name: "AGENT_MESSAGES".to_string(),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    /// The defaults documented on each field, with no file and no environment applied.
+    fn default() -> Self {
+        NodeConfig {
+            source: None,
+            node: NodeSection::default(),
+            control: ControlSection::default(),
+            http: HttpSection::default(),
+            engine: EngineSection::default(),
+            defaults: DefaultLimits::default(),
+            llm: LlmSection::default(),
+            nats: NatsSection::default(),
+            agents: Vec::new(),
+        }
+    }
+}
+
+/// A config that cannot be used: which file or environment variable, which field, what is
+/// wrong and what is expected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", render_config(.file, .field, .env_var, .problem))]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    /// Dotted field path such as `defaults.memory`, when the problem is in one field.
+    pub field: Option<String>,
+    /// The environment variable whose value is wrong, for override errors.
+    pub env_var: Option<String>,
+    pub problem: String,
+}
+
+fn render_config(
+    file: &Option<PathBuf>,
+    field: &Option<String>,
+    env_var: &Option<String>,
+    problem: &str,
+) -> String {
+    match env_var {
+        Some(var) => format!("environment variable {var}: {problem}"),
+        None => render("config", file, field, problem),
+    }
+}
+
+impl ConfigError {
+    fn in_file(source: Option<&Path>, e: fields::FieldError) -> Self {
+        ConfigError {
+            file: source.map(Path::to_path_buf),
+            field: e.field,
+            env_var: None,
+            problem: e.problem,
+        }
+    }
+
+    fn in_env(var: &str, problem: impl Into<String>) -> Self {
+        ConfigError {
+            file: None,
+            field: None,
+            env_var: Some(var.to_string()),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// No file: all defaults (then env overrides).
+    pub fn load(path: Option<&Path>) -> Result<NodeConfig, ConfigError> {
+        Self::load_with_env(path, &|name| std::env::var(name).ok())
+    }
+
+    /// Same, with env lookups injected so tests don't touch the process env.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<NodeConfig, ConfigError> {
+        let Some(path) = path else {
+            let mut config = NodeConfig::default();
+            env::apply(&mut config, env)?;
+            return Ok(config);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            field: None,
+            env_var: None,
+            problem: format!("cannot read the file: {e}; expected a readable TOML node config"),
+        })?;
+        Self::parse(&text, Some(path), env)
+    }
+
+    /// Parses config text, then applies environment overrides; `source` names the file in
+    /// errors and is the folder relative paths are resolved against.
+    pub fn parse(
+        text: &str,
+        source: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<NodeConfig, ConfigError> {
+        let document = fields::parse_document(text).map_err(|e| ConfigError::in_file(source, e))?;
+        let mut config =
+            read::node_config(&document, source).map_err(|e| ConfigError::in_file(source, e))?;
+        env::apply(&mut config, env)?;
+        Ok(config)
+    }
+
+    /// Control socket path: explicit override, else control.socket, else <data_dir>/host.sock
+    ///
+    /// The `HOST_CONTROL` override is already folded into `control.socket` at load.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("host.sock"))
+    }
+}

@@ -1,0 +1,276 @@
+//! Turns a parsed node config document into a validated [`NodeConfig`], one section at a time.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use toml::Table;
+
+use super::fields::{FieldError, Section};
+use super::{
+    AgentEntry, ControlSection, DefaultLimits, EngineSection, HttpSection, LlmSection, NatsSection,
+    NodeConfig, NodeSection,
+};
+use crate::subjects::validate_name;
+use crate::units::format_bytes;
+
+const SECTIONS: &[&str] = &[
+    "node", "control", "http", "engine", "defaults", "llm", "nats", "agents",
+];
+
+pub(super) fn node_config(
+    document: &Table,
+    source: Option<&Path>,
+) -> Result<NodeConfig, FieldError> {
+    let root = Section::root(document, SECTIONS)?;
+    let engine = engine(&root)?;
+    let defaults = defaults(&root, &engine)?;
+    Ok(NodeConfig {
+        source: source.map(Path::to_path_buf),
+        node: node(&root, source)?,
+        control: control(&root, source)?,
+        http: http(&root)?,
+        engine,
+        defaults,
+        llm: llm(&root)?,
+        nats: nats(&root)?,
+        agents: agents(&root, source)?,
+    })
+}
+
+/// A path written in the file, relative to the file's folder (or the cwd without a file).
+fn resolve(source: Option<&Path>, path: &str) -> PathBuf {
+    match source.and_then(Path::parent) {
+        Some(dir) => dir.join(path),
+        None => PathBuf::from(path),
+    }
+}
+
+fn path(
+    s: &Section,
+    key: &str,
+    example: &str,
+    source: Option<&Path>,
+) -> Result<Option<PathBuf>, FieldError> {
+    match s.string(key, example)? {
+        None => Ok(None),
+        Some(p) if p.trim().is_empty() => Err(s.error(
+            key,
+            format!(
+                "is empty; expected a path like {example}, relative to the config file's folder"
+            ),
+        )),
+        Some(p) => Ok(Some(resolve(source, &p))),
+    }
+}
+
+fn node(root: &Section, source: Option<&Path>) -> Result<NodeSection, FieldError> {
+    let s = root.section(
+        "node",
+        &[
+            "name",
+            "data_dir",
+            "unified_subjects",
+            "snapshot_every",
+            "max_traps_per_message",
+            "dedup_window",
+            "mailbox_capacity",
+        ],
+    )?;
+    let d = NodeSection::default();
+    let name = s.string("name", "\"node-1\"")?.unwrap_or(d.name);
+    validate_name(&name).map_err(|e| s.error("name", e))?;
+    let data_dir = match path(&s, "data_dir", "\"data\"", source)? {
+        Some(dir) => dir,
+        None if source.is_some() => resolve(source, "data"),
+        None => d.data_dir,
+    };
+    Ok(NodeSection {
+        name,
+        data_dir,
+        unified_subjects: s.bool("unified_subjects")?.unwrap_or(d.unified_subjects),
+        snapshot_every: s.uint("snapshot_every", "100")?.unwrap_or(d.snapshot_every),
+        max_traps_per_message: s
+            .positive(
+                "max_traps_per_message",
+                "3",
+                "every message would go to the dead-letter subject before running",
+            )?
+            .unwrap_or(d.max_traps_per_message),
+        dedup_window: s
+            .positive(
+                "dedup_window",
+                "1024",
+                "a message published on two subjects would be handled twice",
+            )?
+            .unwrap_or(d.dedup_window),
+        mailbox_capacity: s
+            .positive("mailbox_capacity", "4096", "every message would be dropped")?
+            .unwrap_or(d.mailbox_capacity),
+    })
+}
+
+fn control(root: &Section, source: Option<&Path>) -> Result<ControlSection, FieldError> {
+    let s = root.section("control", &["socket"])?;
+    Ok(ControlSection {
+        socket: path(&s, "socket", "\"data/host.sock\"", source)?,
+    })
+}
+
+fn http(root: &Section) -> Result<HttpSection, FieldError> {
+    let s = root.section("http", &["listen"])?;
+    let listen = match s.string("listen", "\"127.0.0.1:9464\"")? {
+        None => HttpSection::default().listen,
+        Some(text) if text.trim().is_empty() || text.trim() == "off" => None,
+        Some(text) => Some(text.trim().parse::<SocketAddr>().map_err(|e| {
+            s.error(
+                "listen",
+                format!("{text:?} is not a socket address ({e}); expected an IP and port like \"127.0.0.1:9464\", or \"off\" to disable"),
+            )
+        })?),
+    };
+    Ok(HttpSection { listen })
+}
+
+fn engine(root: &Section) -> Result<EngineSection, FieldError> {
+    let s = root.section("engine", &["max_agents", "max_memory", "epoch_tick_ms"])?;
+    let d = EngineSection::default();
+    Ok(EngineSection {
+        max_agents: s
+            .positive("max_agents", "1000", "no agent could be loaded")?
+            .unwrap_or(d.max_agents),
+        max_memory: s
+            .positive_bytes("max_memory", "no agent could run")?
+            .unwrap_or(d.max_memory),
+        epoch_tick_ms: s
+            .positive("epoch_tick_ms", "10", "the epoch would never tick")?
+            .unwrap_or(d.epoch_tick_ms),
+    })
+}
+
+fn defaults(root: &Section, engine: &EngineSection) -> Result<DefaultLimits, FieldError> {
+    let s = root.section(
+        "defaults",
+        &[
+            "memory",
+            "cpu_ms_per_message",
+            "max_message_bytes",
+            "host_call_timeout_ms",
+        ],
+    )?;
+    let d = DefaultLimits::default();
+    let no_zero = "agents without their own limit could not run";
+    let memory = s.positive_bytes("memory", no_zero)?.unwrap_or(d.memory);
+    if memory > engine.max_memory {
+        return Err(s.error(
+            "memory",
+            format!(
+                "{} is larger than engine.max_memory ({}); expected at most engine.max_memory, or raise engine.max_memory",
+                format_bytes(memory),
+                format_bytes(engine.max_memory)
+            ),
+        ));
+    }
+    Ok(DefaultLimits {
+        memory,
+        cpu_ms_per_message: s
+            .positive("cpu_ms_per_message", "200", no_zero)?
+            .unwrap_or(d.cpu_ms_per_message),
+        max_message_bytes: s
+            .positive_bytes("max_message_bytes", no_zero)?
+            .unwrap_or(d.max_message_bytes),
+        host_call_timeout_ms: s
+            .positive(
+                "host_call_timeout_ms",
+                "30000",
+                "every host call would time out",
+            )?
+            .unwrap_or(d.host_call_timeout_ms),
+    })
+}
+
+fn llm(root: &Section) -> Result<LlmSection, FieldError> {
+    let s = root.section("llm", &["ollama_url", "num_parallel"])?;
+    let ollama_url = match s.string("ollama_url", "\"http://127.0.0.1:11434\"")? {
+        None => None,
+        Some(text) => Some(ollama_url(&text).map_err(|e| s.error("ollama_url", e))?),
+    };
+    Ok(LlmSection {
+        ollama_url,
+        num_parallel: s
+            .positive("num_parallel", "2", "no LLM call could ever run")?
+            .unwrap_or(LlmSection::default().num_parallel),
+    })
+}
+
+/// Normalizes an Ollama address: `host:port` gets `http://`, a trailing `/` is dropped.
+/// Accepts what `OLLAMA_HOST` usually holds, so the same value works in file and env.
+pub(super) fn ollama_url(text: &str) -> Result<String, String> {
+    let trimmed = text.trim().trim_end_matches('/');
+    let expected =
+        "expected a URL like \"http://127.0.0.1:11434\" or a host:port like \"127.0.0.1:11434\"";
+    if trimmed.is_empty() {
+        return Err(format!("is empty; {expected}"));
+    }
+    let url = match trimmed.split_once("://") {
+        None => format!("http://{trimmed}"),
+        Some(("http" | "https", rest)) if !rest.is_empty() => trimmed.to_string(),
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{text:?} has the scheme {scheme:?}; {expected} (http or https)"
+            ))
+        }
+    };
+    if url.chars().any(char::is_whitespace) {
+        return Err(format!("{text:?} contains whitespace; {expected}"));
+    }
+    Ok(url)
+}
+
+/// Checks a JetStream stream name: NATS refuses whitespace, `.`, `*`, `>` and path separators.
+pub(super) fn check_stream_name(text: &str) -> Result<(), String> {
+    let expected =
+        "expected a name like \"AGENT_MESSAGES\" (no spaces, '.', '*', '>', '/' or '\\')";
+    if text.is_empty() {
+        return Err(format!("is empty; {expected}"));
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+    {
+        return Err(format!("{text:?} contains {c:?}; {expected}"));
+    }
+    Ok(())
+}
+
+fn nats(root: &Section) -> Result<NatsSection, FieldError> {
+    let s = root.section("nats", &["url", "stream_name"])?;
+    let url = match s.string("url", "\"nats://127.0.0.1:4222\"")? {
+        Some(url) if url.trim().is_empty() => {
+            return Err(s.error(
+                "url",
+                "is empty; expected a URL like \"nats://127.0.0.1:4222\", or leave url out for the embedded bus",
+            ))
+        }
+        other => other.map(|u| u.trim().to_string()),
+    };
+    let stream_name = s
+        .string("stream_name", "\"AGENT_MESSAGES\"")?
+        .unwrap_or(NatsSection::default().stream_name);
+    check_stream_name(&stream_name).map_err(|e| s.error("stream_name", e))?;
+    Ok(NatsSection { url, stream_name })
+}
+
+fn agents(root: &Section, source: Option<&Path>) -> Result<Vec<AgentEntry>, FieldError> {
+    let mut out = Vec::new();
+    for entry in root.table_array("agents", &["manifest"])? {
+        let manifest =
+            path(&entry, "manifest", "\"agents/echo.toml\"", source)?.ok_or_else(|| {
+                entry.error(
+                    "manifest",
+                    "missing; add manifest = \"agents/echo.toml\" to this [[agents]] entry",
+                )
+            })?;
+        out.push(AgentEntry { manifest });
+    }
+    Ok(out)
+}

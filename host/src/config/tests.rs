@@ -1,0 +1,384 @@
+//! Node config rules: defaults, path resolution, environment overrides, bad input.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+    NodeConfig::parse(text, Some(Path::new("configs/node.toml")), &no_env)
+}
+
+fn error_of(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+fn with_env(vars: &[(&str, &str)]) -> Result<NodeConfig, ConfigError> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    NodeConfig::load_with_env(None, &move |k| map.get(k).cloned())
+}
+
+fn env_error(var: &str, value: &str) -> String {
+    with_env(&[(var, value)]).unwrap_err().to_string()
+}
+
+#[test]
+fn no_file_means_the_documented_defaults() {
+    let c = NodeConfig::load_with_env(None, &no_env).unwrap();
+    assert_eq!(c, NodeConfig::default());
+    assert_eq!(c.source, None);
+    assert_eq!(c.node.name, "node");
+    assert_eq!(c.node.data_dir, PathBuf::from("./data"));
+    assert!(!c.node.unified_subjects);
+    assert_eq!(c.node.snapshot_every, 100);
+    assert_eq!(c.node.max_traps_per_message, 3);
+    assert_eq!(c.node.dedup_window, 1024);
+    assert_eq!(c.node.mailbox_capacity, 4096);
+    assert_eq!(c.control.socket, None);
+    assert_eq!(c.control_socket(), PathBuf::from("./data/host.sock"));
+    assert_eq!(
+        c.http.listen,
+        Some("127.0.0.1:9464".parse::<SocketAddr>().unwrap())
+    );
+    assert_eq!(
+        c.engine,
+        EngineSection {
+            max_agents: 1000,
+            max_memory: 64 << 20,
+            epoch_tick_ms: 10
+        }
+    );
+    assert_eq!(
+        c.defaults,
+        DefaultLimits {
+            memory: 64 << 20,
+            cpu_ms_per_message: 200,
+            max_message_bytes: 1 << 20,
+            host_call_timeout_ms: 30_000
+        }
+    );
+    assert_eq!(
+        c.llm,
+        LlmSection {
+            ollama_url: None,
+            num_parallel: 2
+        }
+    );
+    assert_eq!(
+        c.nats,
+        NatsSection {
+            url: None,
+            stream_name: "AGENT_MESSAGES".into()
+        }
+    );
+    assert!(c.agents.is_empty());
+}
+
+#[test]
+fn an_empty_file_is_all_defaults_with_data_next_to_the_file() {
+    let c = parse("").unwrap();
+    assert_eq!(c.source, Some(PathBuf::from("configs/node.toml")));
+    assert_eq!(c.node.data_dir, PathBuf::from("configs/data"));
+    assert_eq!(c.control_socket(), PathBuf::from("configs/data/host.sock"));
+    assert_eq!(c.engine, EngineSection::default());
+}
+
+#[test]
+fn a_full_file_reads_every_section() {
+    let c = parse(
+        r#"
+[node]
+name = "node-1"
+data_dir = "/var/lib/agents"
+unified_subjects = true
+snapshot_every = 0
+max_traps_per_message = 5
+dedup_window = 64
+mailbox_capacity = 16
+[control]
+socket = "run/ctl.sock"
+[http]
+listen = "0.0.0.0:9000"
+[engine]
+max_agents = 10
+max_memory = "128MiB"
+epoch_tick_ms = 5
+[defaults]
+memory = "32MiB"
+cpu_ms_per_message = 50
+max_message_bytes = "256KiB"
+host_call_timeout_ms = 1000
+[llm]
+ollama_url = "http://gpu:11434"
+num_parallel = 4
+[nats]
+url = "nats://bus:4222"
+stream_name = "MSGS"
+[[agents]]
+manifest = "agents/echo.toml"
+[[agents]]
+manifest = "/etc/agents/sage.toml"
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.node.name, "node-1");
+    assert_eq!(c.node.data_dir, PathBuf::from("/var/lib/agents"));
+    assert!(c.node.unified_subjects);
+    assert_eq!(
+        (c.node.snapshot_every, c.node.max_traps_per_message),
+        (0, 5)
+    );
+    assert_eq!((c.node.dedup_window, c.node.mailbox_capacity), (64, 16));
+    assert_eq!(c.control_socket(), PathBuf::from("configs/run/ctl.sock"));
+    assert_eq!(c.http.listen, Some("0.0.0.0:9000".parse().unwrap()));
+    assert_eq!(
+        c.engine,
+        EngineSection {
+            max_agents: 10,
+            max_memory: 128 << 20,
+            epoch_tick_ms: 5
+        }
+    );
+    assert_eq!(c.defaults.memory, 32 << 20);
+    assert_eq!(c.defaults.max_message_bytes, 256 << 10);
+    assert_eq!(c.defaults.host_call_timeout_ms, 1000);
+    assert_eq!(c.llm.ollama_url.as_deref(), Some("http://gpu:11434"));
+    assert_eq!(c.llm.num_parallel, 4);
+    assert_eq!(c.nats.url.as_deref(), Some("nats://bus:4222"));
+    assert_eq!(c.nats.stream_name, "MSGS");
+    let manifests: Vec<_> = c.agents.iter().map(|a| a.manifest.clone()).collect();
+    assert_eq!(
+        manifests,
+        [
+            PathBuf::from("configs/agents/echo.toml"),
+            PathBuf::from("/etc/agents/sage.toml")
+        ]
+    );
+}
+
+#[test]
+fn relative_paths_without_a_file_stay_relative_to_the_cwd() {
+    let c = NodeConfig::parse(
+        "[node]\ndata_dir = \"state\"\n[[agents]]\nmanifest = \"a.toml\"",
+        None,
+        &no_env,
+    )
+    .unwrap();
+    assert_eq!(c.node.data_dir, PathBuf::from("state"));
+    assert_eq!(c.agents[0].manifest, PathBuf::from("a.toml"));
+}
+
+#[test]
+fn http_can_be_turned_off() {
+    assert_eq!(parse("[http]\nlisten = \"off\"").unwrap().http.listen, None);
+    assert_eq!(parse("[http]\nlisten = \"\"").unwrap().http.listen, None);
+    let err = error_of("[http]\nlisten = \"localhost:9464\"");
+    assert!(
+        err.contains("field http.listen: \"localhost:9464\" is not a socket address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("expected an IP and port like \"127.0.0.1:9464\", or \"off\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn default_memory_may_not_exceed_the_engine_slot() {
+    let err = error_of("[engine]\nmax_memory = \"32MiB\"\n[defaults]\nmemory = \"64MiB\"");
+    assert_eq!(
+        err,
+        "config configs/node.toml: field defaults.memory: 64MiB is larger than engine.max_memory (32MiB); expected at most engine.max_memory, or raise engine.max_memory"
+    );
+}
+
+#[test]
+fn ollama_url_accepts_host_port_and_refuses_other_schemes() {
+    let c = parse("[llm]\nollama_url = \"gpu:11434/\"").unwrap();
+    assert_eq!(c.llm.ollama_url.as_deref(), Some("http://gpu:11434"));
+    let err = error_of("[llm]\nollama_url = \"ftp://gpu\"");
+    assert!(
+        err.contains("field llm.ollama_url: \"ftp://gpu\" has the scheme \"ftp\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_values_name_the_field_and_what_is_expected() {
+    let cases = [
+        ("[node]\nname = \"Node 1\"", "field node.name: 'Node 1' contains"),
+        ("[node]\ndata_dir = \"\"", "field node.data_dir: is empty; expected a path"),
+        ("[node]\nunified_subjects = \"yes\"", "field node.unified_subjects: expected true or false"),
+        ("[node]\nsnapshot_every = -1", "field node.snapshot_every: -1 is negative; expected a whole number like 100"),
+        ("[node]\nmax_traps_per_message = 0", "field node.max_traps_per_message: 0 is not allowed"),
+        ("[node]\ndedup_window = 0", "field node.dedup_window: 0 is not allowed (a message published on two subjects"),
+        ("[node]\nmailbox_capacity = \"big\"", "field node.mailbox_capacity: expected a whole number like 4096, found the string \"big\""),
+        ("[control]\nsocket = 5", "field control.socket: expected a string like \"data/host.sock\", found the integer 5"),
+        ("[engine]\nmax_agents = 0", "field engine.max_agents: 0 is not allowed"),
+        ("[engine]\nmax_memory = \"lots\"", "field engine.max_memory: \"lots\" does not start with a whole number; expected a size like"),
+        ("[engine]\nepoch_tick_ms = 0", "field engine.epoch_tick_ms: 0 is not allowed"),
+        ("[defaults]\ncpu_ms_per_message = 0", "field defaults.cpu_ms_per_message: 0 is not allowed"),
+        ("[defaults]\nmax_message_bytes = 0", "field defaults.max_message_bytes: 0 bytes is not allowed"),
+        ("[defaults]\nhost_call_timeout_ms = 1.5", "field defaults.host_call_timeout_ms: expected a whole number like 30000"),
+        ("[llm]\nnum_parallel = 0", "field llm.num_parallel: 0 is not allowed"),
+        ("[nats]\nurl = \"\"", "field nats.url: is empty; expected a URL like \"nats://127.0.0.1:4222\""),
+        ("[nats]\nstream_name = \"agent.messages\"", "field nats.stream_name: \"agent.messages\" contains '.'; expected a name like \"AGENT_MESSAGES\""),
+        ("[[agents]]\nfile = \"a.toml\"", "field agents[0].file: unknown field \"file\" in [agents[0]]; expected one of manifest"),
+        ("[[agents]]\nmanifest = \"a.toml\"\n[[agents]]\n", "field agents[1].manifest: missing; add manifest = \"agents/echo.toml\""),
+        ("agents = \"a.toml\"", "field agents: expected a list of [[agents]] tables, found the string \"a.toml\""),
+        ("[node]\nname = \"n\"\nport = 1", "field node.port: unknown field \"port\" in [node]; expected one of name, data_dir"),
+        ("[metrics]\nlisten = \"x\"", "field metrics: unknown top-level field \"metrics\"; expected only the sections [node], [control]"),
+    ];
+    for (text, expected) in cases {
+        let err = error_of(text);
+        assert!(
+            err.starts_with("config configs/node.toml: "),
+            "{text:?}: {err}"
+        );
+        assert!(
+            err.contains(expected),
+            "{text:?}:\n  got      {err}\n  expected {expected}"
+        );
+    }
+}
+
+#[test]
+fn toml_syntax_errors_name_the_file_and_position() {
+    let err = error_of("[node\n");
+    assert!(
+        err.starts_with("config configs/node.toml: invalid TOML at line 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreadable_files_report_the_os_error() {
+    let err = NodeConfig::load_with_env(Some(Path::new("/nonexistent/node.toml")), &no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("config /nonexistent/node.toml: cannot read the file"),
+        "{err}"
+    );
+    assert!(err.contains("os error"), "{err}");
+}
+
+#[test]
+fn load_reads_the_file_and_resolves_against_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, "[[agents]]\nmanifest = \"agents/echo.toml\"\n").unwrap();
+    let c = NodeConfig::load_with_env(Some(&path), &no_env).unwrap();
+    assert_eq!(c.source.as_deref(), Some(path.as_path()));
+    assert_eq!(c.node.data_dir, dir.path().join("data"));
+    assert_eq!(c.agents[0].manifest, dir.path().join("agents/echo.toml"));
+}
+
+#[test]
+fn unified_subjects_env_accepts_true_false_1_0() {
+    for (value, expected) in [
+        ("true", true),
+        ("1", true),
+        ("TRUE", true),
+        ("false", false),
+        ("0", false),
+    ] {
+        assert_eq!(
+            with_env(&[("ENABLE_UNIFIED_SUBJECTS", value)])
+                .unwrap()
+                .node
+                .unified_subjects,
+            expected
+        );
+    }
+    assert_eq!(
+        env_error("ENABLE_UNIFIED_SUBJECTS", "maybe"),
+        "environment variable ENABLE_UNIFIED_SUBJECTS: \"maybe\" is not a boolean; expected true, false, 1 or 0"
+    );
+}
+
+#[test]
+fn env_overrides_win_over_the_file() {
+    let env = |k: &str| (k == "ENABLE_UNIFIED_SUBJECTS").then(|| "false".to_string());
+    let c = NodeConfig::parse("[node]\nunified_subjects = true", None, &env).unwrap();
+    assert!(!c.node.unified_subjects);
+}
+
+#[test]
+fn snapshot_frequency_env_is_a_whole_number() {
+    assert_eq!(
+        with_env(&[("SNAPSHOT_FREQUENCY", "25")])
+            .unwrap()
+            .node
+            .snapshot_every,
+        25
+    );
+    assert_eq!(
+        env_error("SNAPSHOT_FREQUENCY", "abc"),
+        "environment variable SNAPSHOT_FREQUENCY: \"abc\" is not a number; expected a whole number like 100"
+    );
+    assert!(env_error("SNAPSHOT_FREQUENCY", "99999999999").contains("too large"));
+}
+
+#[test]
+fn host_control_env_overrides_the_socket_path() {
+    let c = with_env(&[("HOST_CONTROL", "/run/host.sock")]).unwrap();
+    assert_eq!(c.control_socket(), PathBuf::from("/run/host.sock"));
+    let env = |k: &str| (k == "HOST_CONTROL").then(|| "/tmp/x.sock".to_string());
+    let c = NodeConfig::parse("[control]\nsocket = \"ctl.sock\"", None, &env).unwrap();
+    assert_eq!(c.control_socket(), PathBuf::from("/tmp/x.sock"));
+}
+
+#[test]
+fn ollama_host_env_gets_a_scheme_when_it_has_none() {
+    let c = with_env(&[("OLLAMA_HOST", "127.0.0.1:11434")]).unwrap();
+    assert_eq!(c.llm.ollama_url.as_deref(), Some("http://127.0.0.1:11434"));
+    let c = with_env(&[("OLLAMA_HOST", "https://llm.example.com")]).unwrap();
+    assert_eq!(c.llm.ollama_url.as_deref(), Some("https://llm.example.com"));
+    let err = env_error("OLLAMA_HOST", "tcp://x:1");
+    assert!(
+        err.starts_with("environment variable OLLAMA_HOST: \"tcp://x:1\" has the scheme"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ollama_num_parallel_env_is_a_positive_number() {
+    assert_eq!(
+        with_env(&[("OLLAMA_NUM_PARALLEL", "8")])
+            .unwrap()
+            .llm
+            .num_parallel,
+        8
+    );
+    assert!(env_error("OLLAMA_NUM_PARALLEL", "0")
+        .contains("environment variable OLLAMA_NUM_PARALLEL: 0 would let no LLM call run"));
+    assert!(env_error("OLLAMA_NUM_PARALLEL", "two")
+        .contains("\"two\" is not a number; expected a whole number like 2"));
+}
+
+#[test]
+fn nats_env_sets_url_and_stream() {
+    let c = with_env(&[("NATS_URL", "nats://bus:4222"), ("STREAM_NAME", "OTHER")]).unwrap();
+    assert_eq!(c.nats.url.as_deref(), Some("nats://bus:4222"));
+    assert_eq!(c.nats.stream_name, "OTHER");
+    let err = env_error("STREAM_NAME", "a b");
+    assert!(
+        err.starts_with("environment variable STREAM_NAME: \"a b\" contains ' '"),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_env_values_count_as_unset() {
+    let vars: Vec<(&str, &str)> = ENV_VARS.iter().map(|v| (*v, "")).collect();
+    assert_eq!(with_env(&vars).unwrap(), NodeConfig::default());
+}

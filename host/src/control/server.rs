@@ -1,0 +1,153 @@
+//! Serves the control API of a running node on its Unix socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::protocol::{Reply, Request, Response};
+use crate::bus::BusMessage;
+use crate::node::Node;
+
+/// Longest request line accepted (a load request is a few hundred bytes; a send carries
+/// its payload).
+const MAX_REQUEST: usize = 16 * 1024 * 1024;
+
+/// Binds the socket (owner-only) and serves requests until the node stops.
+pub struct ControlServer {
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControlServer {
+    pub async fn start(node: Arc<Node>, path: &Path) -> anyhow::Result<ControlServer> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot create {} for the control socket: {e}",
+                    dir.display()
+                )
+            })?;
+        }
+        if path.exists() {
+            if UnixStream::connect(path).await.is_ok() {
+                anyhow::bail!(
+                    "a node is already running with control socket {}; stop it, or start this one with another --data-dir or --control",
+                    path.display()
+                );
+            }
+            // A socket left behind by a node that died: nobody answers on it.
+            std::fs::remove_file(path).map_err(|e| {
+                anyhow::anyhow!("cannot remove stale control socket {}: {e}", path.display())
+            })?;
+        }
+        let listener = UnixListener::bind(path)
+            .map_err(|e| anyhow::anyhow!("cannot bind control socket {}: {e}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let task = tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let node = node.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = serve_connection(node, stream).await {
+                                tracing::debug!("control connection ended: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!("control socket accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+            task,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn serve_connection(node: Arc<Node>, stream: UnixStream) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = lines.read_line(&mut line).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let response = if line.len() > MAX_REQUEST {
+            Response::err(format!(
+                "request of {} bytes is over the {MAX_REQUEST}-byte limit",
+                line.len()
+            ))
+        } else {
+            match serde_json::from_str::<Request>(line.trim_end()) {
+                Ok(req) => handle(&node, req).await,
+                Err(e) => Response::err(format!("not a control request ({e}); expected one JSON object per line with a \"verb\"")),
+            }
+        };
+        let mut out = serde_json::to_vec(&response)?;
+        out.push(b'\n');
+        write.write_all(&out).await?;
+    }
+}
+
+/// Runs one request against the node.
+pub async fn handle(node: &Node, req: Request) -> Response {
+    let result = match req {
+        Request::Load(load) => node.load(load).await.map(Response::ok),
+        Request::Unload { name } => node.unload(&name).await.map(Response::ok),
+        Request::List => Ok(Response::ok(node.list().await)),
+        Request::Status { name } => match node.status(&name).await {
+            Ok(summary) => {
+                let grants = node.grants(&name).await.unwrap_or_default();
+                Ok(Response::ok(
+                    serde_json::json!({ "agent": summary, "grants": grants }),
+                ))
+            }
+            Err(e) => Err(e),
+        },
+        Request::Send {
+            subject,
+            headers,
+            payload,
+            wait_ms,
+        } => {
+            let msg = BusMessage {
+                subject,
+                reply_to: None,
+                headers,
+                payload: Bytes::from(payload),
+            };
+            node.send(msg, wait_ms.map(Duration::from_millis))
+                .await
+                .map(|reply| {
+                    Response::ok(reply.map(|r| Reply {
+                        subject: r.subject,
+                        headers: r.headers,
+                        payload: r.payload.to_vec(),
+                    }))
+                })
+        }
+    };
+    result.unwrap_or_else(|e| Response::err(format!("{e:#}")))
+}

@@ -1,0 +1,208 @@
+//! The wasmtime engine of a node: its configuration (pooling allocator sized from the node
+//! config, epoch interruption), the epoch ticker, and the compile cache keyed by digest so
+//! N agents of one component compile once.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::agent::AgentStore;
+use crate::bindings::AgentPre;
+use crate::config::EngineSection;
+
+/// Instances each agent may need at once: blue plus green during an upgrade.
+const INSTANCES_PER_AGENT: u32 = 2;
+/// Core instances and memories inside one component (a Rust wasip2 component has a
+/// handful: the main module, the WASI adapter and shims).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 20;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+const TABLES_PER_COMPONENT: u32 = 4;
+
+/// Why a component could not be loaded; the text says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read component {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{what} is not a WebAssembly component ({reason}); build agents with `cargo build --release --target wasm32-wasip2`")]
+    NotAComponent { what: String, reason: String },
+    #[error("{what} does not implement the agent:host/agent world the host provides: {reason}; build it with the SDK in sdk/ against wit/")]
+    WrongWorld { what: String, reason: String },
+    #[error("{what} has sha256 {actual}, but the manifest pins {expected}; update [agent] sha256 or load the pinned component")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+}
+
+/// A component compiled and type-checked against the agent world, ready to instantiate.
+pub struct CompiledAgent {
+    pub digest: String,
+    pub pre: AgentPre<AgentStore>,
+    pub size_bytes: usize,
+}
+
+/// One engine per node.
+pub struct Engine {
+    engine: wasmtime::Engine,
+    linker: Linker<AgentStore>,
+    cache: Mutex<HashMap<String, Arc<CompiledAgent>>>,
+    tick: Duration,
+}
+
+impl Engine {
+    /// Builds the engine and starts its epoch ticker (stops when the engine is dropped).
+    pub fn new(settings: &EngineSection) -> anyhow::Result<Arc<Engine>> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        // WASIp3 async exports are not used; without them an export call is ~4x cheaper.
+        config.concurrency_support(false);
+        let max_memory = settings.max_memory;
+        let instances = settings
+            .max_agents
+            .saturating_mul(INSTANCES_PER_AGENT)
+            .max(4);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(instances)
+            .total_core_instances(
+                instances
+                    .saturating_mul(CORE_INSTANCES_PER_COMPONENT / 4)
+                    .max(16),
+            )
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
+            .max_tables_per_component(TABLES_PER_COMPONENT)
+            .total_stacks(instances)
+            .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // Each pool slot reserves this much address space: the largest memory an agent may
+        // have, not the 4 GiB default, so thousands of slots fit in the address space.
+        config.memory_reservation(max_memory);
+        config.memory_guard_size(64 * 1024);
+        config.memory_reservation_for_growth(0);
+        let engine = wasmtime::Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        crate::capabilities::add_to_linker(&mut linker)?;
+
+        let this = Arc::new(Engine {
+            engine,
+            linker,
+            cache: Mutex::new(HashMap::new()),
+            tick: Duration::from_millis(settings.epoch_tick_ms.max(1)),
+        });
+        start_epoch_ticker(Arc::downgrade(&this));
+        Ok(this)
+    }
+
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+
+    /// How often the epoch advances (the granularity of CPU limits).
+    pub fn tick(&self) -> Duration {
+        self.tick
+    }
+
+    /// Reads and compiles a component file (see [`Engine::compile`]).
+    pub fn compile_file(
+        &self,
+        path: &Path,
+        pinned_sha256: Option<&str>,
+    ) -> Result<Arc<CompiledAgent>, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.compile(&bytes, &path.display().to_string(), pinned_sha256)
+    }
+
+    /// Compiles and type-checks a component against the agent world. Cached by sha256:
+    /// loading the same component again costs a hash. CPU-heavy on a miss: call it off
+    /// the message path (e.g. in `spawn_blocking`).
+    pub fn compile(
+        &self,
+        bytes: &[u8],
+        what: &str,
+        pinned_sha256: Option<&str>,
+    ) -> Result<Arc<CompiledAgent>, LoadError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        if let Some(expected) = pinned_sha256 {
+            if !expected.eq_ignore_ascii_case(&digest) {
+                return Err(LoadError::DigestMismatch {
+                    what: what.to_string(),
+                    expected: expected.to_string(),
+                    actual: digest,
+                });
+            }
+        }
+        if let Some(hit) = self.cache.lock().expect("compile cache lock").get(&digest) {
+            return Ok(hit.clone());
+        }
+        if wasmparser_is_core_module(bytes) {
+            return Err(LoadError::NotAComponent {
+                what: what.to_string(),
+                reason: "it is a core WebAssembly module, not a component".into(),
+            });
+        }
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| LoadError::NotAComponent {
+                what: what.to_string(),
+                reason: format!("{e:#}"),
+            })?;
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::WrongWorld {
+                    what: what.to_string(),
+                    reason: format!("{e:#}"),
+                })?;
+        let pre = AgentPre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
+            what: what.to_string(),
+            reason: format!("{e:#}"),
+        })?;
+        let compiled = Arc::new(CompiledAgent {
+            digest: digest.clone(),
+            pre,
+            size_bytes: bytes.len(),
+        });
+        self.cache
+            .lock()
+            .expect("compile cache lock")
+            .insert(digest, compiled.clone());
+        Ok(compiled)
+    }
+}
+
+/// A core module starts with the same magic as a component but a different layer/version.
+fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && &bytes[0..4] == b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}
+
+fn start_epoch_ticker(engine: Weak<Engine>) {
+    let tick = match engine.upgrade() {
+        Some(e) => e.tick,
+        None => return,
+    };
+    std::thread::Builder::new()
+        .name("epoch-ticker".into())
+        .spawn(move || loop {
+            std::thread::sleep(tick);
+            match engine.upgrade() {
+                Some(e) => e.engine.increment_epoch(),
+                None => return,
+            }
+        })
+        .expect("spawn epoch ticker thread");
+}

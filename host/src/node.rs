@@ -1,0 +1,434 @@
+//! A node: the engine, the bus, the store and the agents loaded on it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::instance::InstanceLimits;
+use crate::agent::runner::{self, AgentStatus, RunnerParts};
+use crate::agent::{AgentCaps, AgentHandle, AgentSummary, Identity};
+use crate::bus::{BusMessage, EmbeddedBus, Transport};
+use crate::capabilities::{
+    kv::KvCtx, llm::LlmCtx, messaging::Directory, messaging::MessagingCtx, runtime::RuntimeCtx,
+};
+use crate::config::NodeConfig;
+use crate::engine::Engine;
+use crate::manifest::Manifest;
+use crate::storage::{EmbeddedKv, KvBackend, Quota};
+use crate::telemetry::Metrics;
+
+/// What `host load` asks for.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LoadRequest {
+    /// The component; defaults to the manifest's `[agent] component`.
+    pub component: Option<PathBuf>,
+    pub manifest: Option<PathBuf>,
+    /// Overrides the manifest's name (or names an agent loaded without a manifest).
+    pub name: Option<String>,
+}
+
+/// Name → (cluster, id) of the agents on this node, for `send` by name.
+#[derive(Default)]
+struct NodeDirectory {
+    agents: RwLock<HashMap<String, (String, String)>>,
+}
+
+impl Directory for NodeDirectory {
+    fn lookup(&self, name: &str) -> Option<(String, String)> {
+        self.agents
+            .read()
+            .expect("directory lock")
+            .get(name)
+            .cloned()
+    }
+}
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub engine: Arc<Engine>,
+    pub bus: Arc<dyn Transport>,
+    pub store: Arc<dyn KvBackend>,
+    pub metrics: Arc<Metrics>,
+    directory: Arc<NodeDirectory>,
+    agents: tokio::sync::Mutex<HashMap<String, AgentHandle>>,
+}
+
+impl Node {
+    /// Starts the node's services with embedded defaults (in-process bus, file KV store).
+    /// Agents listed in the config are loaded by [`Node::load_configured_agents`].
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
+        std::fs::create_dir_all(&config.node.data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create the data dir {}: {e}; set [node] data_dir or --data-dir to a writable folder", config.node.data_dir.display())
+        })?;
+        let engine = Engine::new(&config.engine)?;
+        let bus: Arc<dyn Transport> = Arc::new(EmbeddedBus::new(
+            usize::try_from(config.defaults.max_message_bytes)
+                .unwrap_or(usize::MAX)
+                .max(1024),
+        ));
+        let store: Arc<dyn KvBackend> =
+            Arc::new(EmbeddedKv::open(&config.node.data_dir.join("kv.redb"))?);
+        Ok(Arc::new(Node {
+            config,
+            engine,
+            bus,
+            store,
+            metrics: Arc::new(Metrics::new()),
+            directory: Arc::new(NodeDirectory::default()),
+            agents: tokio::sync::Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Loads every agent the node config lists; the first failure stops the start.
+    pub async fn load_configured_agents(&self) -> anyhow::Result<()> {
+        for entry in self.config.agents.clone() {
+            let req = LoadRequest {
+                component: None,
+                manifest: Some(entry.manifest.clone()),
+                name: None,
+            };
+            self.load(req).await.map_err(|e| {
+                anyhow::anyhow!("node config: agent {}: {e}", entry.manifest.display())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Loads an agent. Nothing of the node changes when this fails.
+    pub async fn load(&self, req: LoadRequest) -> anyhow::Result<AgentSummary> {
+        let mut manifest = match &req.manifest {
+            Some(path) => Manifest::from_file(path)?,
+            None => {
+                let component = req.component.as_deref().ok_or_else(|| {
+                    anyhow::anyhow!("nothing to load: give a component file (host load plugin.wasm) or a manifest with [agent] component")
+                })?;
+                let name = match &req.name {
+                    Some(n) => n.clone(),
+                    None => name_from_file(component)?,
+                };
+                Manifest::deny_all(&name)?
+            }
+        };
+        if let Some(name) = &req.name {
+            crate::subjects::validate_name(name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+            manifest.agent.name = name.clone();
+        }
+        let component = req.component.clone().or_else(|| manifest.agent.component.clone()).ok_or_else(|| {
+            anyhow::anyhow!("no component to load: give one (host load plugin.wasm --manifest ...) or set [agent] component in the manifest")
+        })?;
+        let limits = self.instance_limits(&manifest)?;
+
+        let mut agents = self.agents.lock().await;
+        self.check_unique(&agents, &manifest)?;
+        if agents.len() >= self.config.engine.max_agents as usize {
+            anyhow::bail!(
+                "the node already runs {} agents, its [engine] max_agents; raise it in the node config",
+                agents.len()
+            );
+        }
+        let engine = self.engine.clone();
+        let pin = manifest.agent.sha256.clone();
+        let path = component.clone();
+        let compiled =
+            tokio::task::spawn_blocking(move || engine.compile_file(&path, pin.as_deref()))
+                .await??;
+
+        let identity = Identity::new(
+            &manifest.agent.cluster,
+            &manifest.agent.name,
+            &manifest.agent.id.to_string(),
+        );
+        let metrics = self.metrics.for_agent(&identity.name, &identity.cluster);
+        let caps = Arc::new(self.capabilities(&identity, &manifest, &metrics, &limits));
+        let version_probe =
+            crate::agent::instance::instantiate(&self.engine, &compiled, caps.clone(), limits)
+                .await?;
+        let version = probe_version(version_probe).await?;
+        let parts = RunnerParts {
+            identity: identity.clone(),
+            version,
+            engine: self.engine.clone(),
+            compiled,
+            caps,
+            limits,
+            bus: self.bus.clone(),
+            store: self.store.clone(),
+            metrics,
+            status: Arc::new(AgentStatus::default()),
+            snapshot_every: self.config.node.snapshot_every,
+            max_traps_per_message: self.config.node.max_traps_per_message.max(1),
+            dedup_window: self.config.node.dedup_window,
+        };
+        let manifest = Arc::new(manifest);
+        let handle = runner::start(parts, manifest, self.config.node.mailbox_capacity).await?;
+        for pattern in &handle.subscriptions {
+            tracing::info!(agent = %identity.name, "subscribed to {pattern}");
+        }
+        tracing::info!(agent = %identity.name, agent_ref = %identity.agent_ref, digest = %&handle.digest[..12], "Agent '{}' v{} is ready", identity.name, handle.version);
+        let summary = handle.summary();
+        self.directory
+            .agents
+            .write()
+            .expect("directory lock")
+            .insert(
+                identity.name.clone(),
+                (identity.cluster.clone(), identity.id.clone()),
+            );
+        agents.insert(identity.name.clone(), handle);
+        self.metrics.set_agents(agents.len());
+        Ok(summary)
+    }
+
+    fn check_unique(
+        &self,
+        agents: &HashMap<String, AgentHandle>,
+        manifest: &Manifest,
+    ) -> anyhow::Result<()> {
+        let file = manifest
+            .source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<no manifest>".into());
+        if agents.contains_key(&manifest.agent.name) {
+            anyhow::bail!(
+                "manifest {file}: field agent.name: an agent named '{}' is already loaded on this node; choose another name (or --name) or unload it first",
+                manifest.agent.name
+            );
+        }
+        let id = manifest.agent.id.to_string();
+        if let Some(other) = agents.values().find(|a| a.identity.id == id) {
+            anyhow::bail!(
+                "manifest {file}: field agent.id: id {id} is already used by agent '{}'; every agent needs its own id (remove the field to generate one)",
+                other.identity.name
+            );
+        }
+        Ok(())
+    }
+
+    fn instance_limits(&self, manifest: &Manifest) -> anyhow::Result<InstanceLimits> {
+        let d = &self.config.defaults;
+        let memory = manifest.limits.memory.unwrap_or(d.memory);
+        if memory > self.config.engine.max_memory {
+            anyhow::bail!(
+                "manifest {}: field limits.memory: {} is more than this node's [engine] max_memory of {}; lower it or raise max_memory in the node config",
+                manifest.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                crate::units::format_bytes(memory),
+                crate::units::format_bytes(self.config.engine.max_memory)
+            );
+        }
+        let cpu = manifest
+            .limits
+            .cpu_ms_per_message
+            .unwrap_or(d.cpu_ms_per_message);
+        Ok(InstanceLimits {
+            memory_bytes: memory,
+            cpu_per_message: Duration::from_millis(cpu),
+        })
+    }
+
+    fn capabilities(
+        &self,
+        identity: &Identity,
+        manifest: &Manifest,
+        metrics: &Arc<crate::telemetry::AgentMetrics>,
+        _limits: &InstanceLimits,
+    ) -> AgentCaps {
+        let d = &self.config.defaults;
+        let max_message = manifest
+            .limits
+            .max_message_bytes
+            .unwrap_or(d.max_message_bytes);
+        AgentCaps {
+            messaging: MessagingCtx {
+                identity: identity.clone(),
+                grants: manifest.messaging.clone(),
+                bus: self.bus.clone(),
+                directory: self.directory.clone(),
+                unified_subjects: self.config.node.unified_subjects,
+                max_message_bytes: usize::try_from(max_message).unwrap_or(usize::MAX),
+                max_timeout: Duration::from_millis(d.host_call_timeout_ms),
+                metrics: metrics.clone(),
+            },
+            kv: KvCtx {
+                namespace: identity.id.clone(),
+                quota: Quota {
+                    max_bytes: manifest.kv.max_bytes,
+                    max_keys: manifest.kv.max_keys,
+                },
+                backend: self.store.clone(),
+            },
+            llm: LlmCtx {
+                identity: identity.clone(),
+                grants: manifest.llm.clone(),
+                metrics: metrics.clone(),
+            },
+            runtime: RuntimeCtx {
+                identity: identity.clone(),
+                config: manifest.config.clone(),
+            },
+        }
+    }
+
+    /// Stops an agent after its in-flight message and removes it.
+    pub async fn unload(&self, name: &str) -> anyhow::Result<AgentSummary> {
+        let handle = {
+            let mut agents = self.agents.lock().await;
+            let handle = agents
+                .remove(name)
+                .ok_or_else(|| self.unknown_agent(name, &agents))?;
+            self.metrics.set_agents(agents.len());
+            handle
+        };
+        self.directory
+            .agents
+            .write()
+            .expect("directory lock")
+            .remove(name);
+        let mut summary = handle.summary();
+        let labels = handle.metrics.labels.clone();
+        handle.stop().await;
+        self.metrics.remove_agent(&labels);
+        summary.state = crate::agent::AgentState::Stopped;
+        tracing::info!(agent = %name, "Agent '{name}' unloaded");
+        Ok(summary)
+    }
+
+    pub async fn list(&self) -> Vec<AgentSummary> {
+        let agents = self.agents.lock().await;
+        let mut out: Vec<_> = agents.values().map(AgentHandle::summary).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub async fn status(&self, name: &str) -> anyhow::Result<AgentSummary> {
+        let agents = self.agents.lock().await;
+        agents
+            .get(name)
+            .map(AgentHandle::summary)
+            .ok_or_else(|| self.unknown_agent(name, &agents))
+    }
+
+    /// The manifest summary of a loaded agent (what it may do).
+    pub async fn grants(&self, name: &str) -> anyhow::Result<String> {
+        let agents = self.agents.lock().await;
+        agents
+            .get(name)
+            .map(|a| a.manifest.describe())
+            .ok_or_else(|| self.unknown_agent(name, &agents))
+    }
+
+    fn unknown_agent(&self, name: &str, agents: &HashMap<String, AgentHandle>) -> anyhow::Error {
+        let mut names: Vec<_> = agents.keys().cloned().collect();
+        names.sort();
+        if names.is_empty() {
+            anyhow::anyhow!("no agent named '{name}' is loaded (the node runs no agents; load one with `host load`)")
+        } else {
+            anyhow::anyhow!(
+                "no agent named '{name}' is loaded; loaded agents: {}",
+                names.join(", ")
+            )
+        }
+    }
+
+    /// Publishes a message from outside (the CLI); with `wait`, waits for a reply.
+    pub async fn send(
+        &self,
+        msg: BusMessage,
+        wait: Option<Duration>,
+    ) -> anyhow::Result<Option<BusMessage>> {
+        let subject = msg.subject.clone();
+        match wait {
+            None => {
+                self.bus
+                    .publish(msg)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot publish to '{subject}': {e}"))?;
+                Ok(None)
+            }
+            Some(timeout) => match self.bus.request(msg, timeout).await {
+                Ok(reply) => Ok(Some(reply)),
+                Err(crate::bus::BusError::Timeout) => {
+                    anyhow::bail!(
+                        "no reply on '{subject}' within {:.1} s",
+                        timeout.as_secs_f64()
+                    )
+                }
+                Err(crate::bus::BusError::NoResponders(_)) => {
+                    anyhow::bail!("no agent listens on '{subject}' (no responders); check the subject with `host list`")
+                }
+                Err(e) => anyhow::bail!("request to '{subject}' failed: {e}"),
+            },
+        }
+    }
+
+    /// Stops every agent (each persists a final snapshot).
+    pub async fn shutdown(&self) {
+        let handles: Vec<AgentHandle> = self.agents.lock().await.drain().map(|(_, h)| h).collect();
+        futures::future::join_all(handles.into_iter().map(AgentHandle::stop)).await;
+        self.metrics.set_agents(0);
+    }
+
+    /// Whether every agent is running (for /health).
+    pub async fn health(&self) -> (bool, Vec<AgentSummary>) {
+        let list = self.list().await;
+        let ok = list
+            .iter()
+            .all(|a| a.state == crate::agent::AgentState::Running);
+        (ok, list)
+    }
+}
+
+/// Asks a throwaway instance for the component's version (its `version` export).
+async fn probe_version(mut live: crate::agent::instance::Live) -> anyhow::Result<String> {
+    live.begin_turn(None, Duration::from_secs(1));
+    Ok(live
+        .bindings
+        .agent_host_guest()
+        .call_version(&mut live.store)
+        .await?)
+}
+
+/// `echo.wasm` → `echo`; names must be valid agent names.
+fn name_from_file(path: &Path) -> anyhow::Result<String> {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_lowercase()
+        .replace('_', "-");
+    crate::subjects::validate_name(&stem).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot name the agent after the file {} ({e}); give a name with --name",
+            path.display()
+        )
+    })?;
+    Ok(stem)
+}
+
+impl Node {
+    /// Times `n` instantiations of a loaded agent's component (fresh store each, from the
+    /// pooling allocator), for the dispatch benchmark.
+    #[doc(hidden)]
+    pub async fn bench_instantiate(&self, name: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
+        let (compiled, caps, limits) = {
+            let agents = self.agents.lock().await;
+            let a = agents
+                .get(name)
+                .ok_or_else(|| self.unknown_agent(name, &agents))?;
+            a.parts_for_bench()
+        };
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let started = std::time::Instant::now();
+            let live =
+                crate::agent::instance::instantiate(&self.engine, &compiled, caps.clone(), limits)
+                    .await?;
+            out.push(started.elapsed());
+            drop(live);
+        }
+        Ok(out)
+    }
+}

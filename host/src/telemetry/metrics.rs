@@ -1,0 +1,190 @@
+//! Prometheus metrics of the node and of each agent.
+//!
+//! Each agent holds its own counter handles (cloned out of the label families once at
+//! load), so the message path never looks a label set up.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentLabels {
+    pub agent: String,
+    pub cluster: String,
+}
+
+type LatencyFamily = Family<AgentLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 10 µs .. ~2.6 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.00001, 4.0, 10,
+    ))
+}
+
+/// All metric families of a node.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    handled: Family<AgentLabels, Counter>,
+    errors: Family<AgentLabels, Counter>,
+    traps: Family<AgentLabels, Counter>,
+    denied: Family<AgentLabels, Counter>,
+    dropped: Family<AgentLabels, Counter>,
+    duplicates: Family<AgentLabels, Counter>,
+    latency: LatencyFamily,
+    agents: Gauge,
+    rss_bytes: Gauge<u64, AtomicU64>,
+    bus_dropped: Gauge<u64, AtomicU64>,
+}
+
+/// The metric handles of one agent.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    pub labels: AgentLabels,
+    /// Messages `handle` returned Ok for.
+    pub handled: Counter,
+    /// Messages `handle` returned an error for.
+    pub errors: Counter,
+    /// Traps (panics, CPU or memory limits) of the agent's instance.
+    pub traps: Counter,
+    /// Host calls the manifest refused.
+    pub denied: Counter,
+    /// Messages dropped because the agent's mailbox was full.
+    pub dropped: Counter,
+    /// Messages dropped as duplicates (same message id seen twice).
+    pub duplicates: Counter,
+    /// Seconds `handle` took per message.
+    pub latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("agent_host");
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            handled: Family::default(),
+            errors: Family::default(),
+            traps: Family::default(),
+            denied: Family::default(),
+            dropped: Family::default(),
+            duplicates: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            agents: Gauge::default(),
+            rss_bytes: Gauge::default(),
+            bus_dropped: Gauge::default(),
+        };
+        registry.register(
+            "messages_handled",
+            "Messages an agent handled successfully",
+            m.handled.clone(),
+        );
+        registry.register(
+            "handle_errors",
+            "Messages an agent's handler returned an error for",
+            m.errors.clone(),
+        );
+        registry.register(
+            "traps",
+            "Traps of an agent's instance (panic, CPU or memory limit)",
+            m.traps.clone(),
+        );
+        registry.register(
+            "denied_calls",
+            "Host calls refused by the agent's manifest",
+            m.denied.clone(),
+        );
+        registry.register(
+            "mailbox_dropped",
+            "Messages dropped because the agent's mailbox was full",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "duplicates_dropped",
+            "Messages dropped as duplicates of one already handled",
+            m.duplicates.clone(),
+        );
+        registry.register(
+            "handle_seconds",
+            "Time an agent's handle export took per message",
+            m.latency.clone(),
+        );
+        registry.register("agents", "Agents loaded on this node", m.agents.clone());
+        registry.register(
+            "resident_memory_bytes",
+            "Resident memory of the host process",
+            m.rss_bytes.clone(),
+        );
+        registry.register(
+            "bus_dropped",
+            "Messages the bus dropped for slow subscribers",
+            m.bus_dropped.clone(),
+        );
+        *m.registry.lock().expect("metrics registry lock") = registry;
+        m
+    }
+
+    /// The handles of one agent (created on first use).
+    pub fn for_agent(&self, agent: &str, cluster: &str) -> Arc<AgentMetrics> {
+        let labels = AgentLabels {
+            agent: agent.to_string(),
+            cluster: cluster.to_string(),
+        };
+        Arc::new(AgentMetrics {
+            handled: self.handled.get_or_create(&labels).clone(),
+            errors: self.errors.get_or_create(&labels).clone(),
+            traps: self.traps.get_or_create(&labels).clone(),
+            denied: self.denied.get_or_create(&labels).clone(),
+            dropped: self.dropped.get_or_create(&labels).clone(),
+            duplicates: self.duplicates.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&labels).clone(),
+            labels,
+        })
+    }
+
+    /// Forgets an unloaded agent's series.
+    pub fn remove_agent(&self, labels: &AgentLabels) {
+        self.handled.remove(labels);
+        self.errors.remove(labels);
+        self.traps.remove(labels);
+        self.denied.remove(labels);
+        self.dropped.remove(labels);
+        self.duplicates.remove(labels);
+        self.latency.remove(labels);
+    }
+
+    pub fn set_agents(&self, n: usize) {
+        self.agents.set(n as i64);
+    }
+
+    pub fn set_bus_dropped(&self, n: u64) {
+        self.bus_dropped.set(n);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        self.rss_bytes.set(resident_memory_bytes().unwrap_or(0));
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("metrics registry lock");
+        encode(&mut out, &registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// The process's resident set size, from /proc (Linux).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
