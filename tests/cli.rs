@@ -107,6 +107,54 @@ fn counter_state_survives_a_node_restart() {
 }
 
 #[test]
+fn the_node_log_shows_agent_output_and_denied_calls_and_the_socket_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = NodeProcess::start("");
+    let mode = std::fs::metadata(&node.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "control socket is owner-only");
+    let out = node.host(&["load", plugin("probe").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = node.host(&[
+        "send",
+        "agent.to.probe.cmd",
+        "print hello from wasm",
+        "--wait",
+        "5",
+    ]);
+    assert_eq!(stdout(&out), "printed\n", "{}", stderr(&out));
+    let out = node.host(&[
+        "send",
+        "agent.to.probe.cmd",
+        "publish agent.secret.x boo",
+        "--wait",
+        "5",
+    ]);
+    assert!(
+        stdout(&out).starts_with("error: denied:"),
+        "{}",
+        stdout(&out)
+    );
+    let out = node.host(&["status", "probe", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["agent"]["denied"], 1);
+    let log = node.log_text();
+    assert!(
+        log.contains("hello from wasm") && log.contains("stdout"),
+        "{log}"
+    );
+    assert!(log.contains("to stderr: hello from wasm"), "{log}");
+    assert!(
+        log.contains("denied: agent 'probe' may not publish to 'agent.secret.x'"),
+        "{log}"
+    );
+    assert!(node.stop().success());
+}
+
+#[test]
 fn send_with_wait_to_a_subject_nobody_serves_fails_with_a_clear_error() {
     let node = NodeProcess::start("");
     let out = node.host(&["send", "agent.to.nobody.hello", "x", "--wait", "0.5"]);

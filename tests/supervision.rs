@@ -91,3 +91,33 @@ async fn unloading_an_agent_while_others_serve_leaves_them_untouched() {
     assert_eq!(t.ask("agent.to.echo.x", "still").await, "still");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_that_spins_is_stopped_at_its_cpu_budget_while_neighbours_keep_serving() {
+    let t = TestNode::start_with(|c| c.node.max_traps_per_message = 2).await;
+    t.load(
+        "probe",
+        "probe",
+        "[agent]\nname = \"probe\"\n[limits]\ncpu_ms_per_message = 50\n",
+    )
+    .await;
+    t.load("echo", "echo", "").await;
+    let mut dlq = t.node.bus.subscribe("agent.dlq.probe", 8).await.unwrap();
+    t.publish(BusMessage::new("agent.to.probe.cmd", "spin"))
+        .await;
+    // While the probe spins, echo answers.
+    assert_eq!(t.ask("agent.to.echo.x", "during").await, "during");
+    let dead = tokio::time::timeout(Duration::from_secs(10), dlq.next())
+        .await
+        .expect("dead-lettered in time")
+        .unwrap();
+    let error = dead.header("Agent-Error").unwrap();
+    assert!(error.contains("CPU budget of 50 ms"), "{error}");
+    assert_eq!(
+        t.ask("agent.to.probe.cmd", "seen").await,
+        "1",
+        "fresh instance serves again"
+    );
+    assert_eq!(t.node.status("probe").await.unwrap().traps, 2);
+    t.stop().await;
+}

@@ -121,14 +121,8 @@ impl Node {
         })?;
         let limits = self.instance_limits(&manifest)?;
 
-        let mut agents = self.agents.lock().await;
-        self.check_unique(&agents, &manifest)?;
-        if agents.len() >= self.config.engine.max_agents as usize {
-            anyhow::bail!(
-                "the node already runs {} agents, its [engine] max_agents; raise it in the node config",
-                agents.len()
-            );
-        }
+        // Refuse early (cheap), compile without holding the agents lock, check again at insert.
+        self.check_capacity_and_unique(&*self.agents.lock().await, &manifest)?;
         let engine = self.engine.clone();
         let pin = manifest.agent.sha256.clone();
         let path = component.clone();
@@ -142,14 +136,9 @@ impl Node {
             &manifest.agent.id.to_string(),
         );
         let metrics = self.metrics.for_agent(&identity.name, &identity.cluster);
-        let caps = Arc::new(self.capabilities(&identity, &manifest, &metrics, &limits));
-        let version_probe =
-            crate::agent::instance::instantiate(&self.engine, &compiled, caps.clone(), limits)
-                .await?;
-        let version = probe_version(version_probe).await?;
+        let caps = Arc::new(self.capabilities(&identity, &manifest, &metrics));
         let parts = RunnerParts {
             identity: identity.clone(),
-            version,
             engine: self.engine.clone(),
             compiled,
             caps,
@@ -162,6 +151,8 @@ impl Node {
             max_traps_per_message: self.config.node.max_traps_per_message.max(1),
             dedup_window: self.config.node.dedup_window,
         };
+        let mut agents = self.agents.lock().await;
+        self.check_capacity_and_unique(&agents, &manifest)?;
         let manifest = Arc::new(manifest);
         let handle = runner::start(parts, manifest, self.config.node.mailbox_capacity).await?;
         for pattern in &handle.subscriptions {
@@ -182,11 +173,17 @@ impl Node {
         Ok(summary)
     }
 
-    fn check_unique(
+    fn check_capacity_and_unique(
         &self,
         agents: &HashMap<String, AgentHandle>,
         manifest: &Manifest,
     ) -> anyhow::Result<()> {
+        if agents.len() >= self.config.engine.max_agents as usize {
+            anyhow::bail!(
+                "the node already runs {} agents, its [engine] max_agents; raise it in the node config",
+                agents.len()
+            );
+        }
         let file = manifest
             .source
             .as_ref()
@@ -234,7 +231,6 @@ impl Node {
         identity: &Identity,
         manifest: &Manifest,
         metrics: &Arc<crate::telemetry::AgentMetrics>,
-        _limits: &InstanceLimits,
     ) -> AgentCaps {
         let d = &self.config.defaults;
         let max_message = manifest
@@ -379,16 +375,6 @@ impl Node {
             .all(|a| a.state == crate::agent::AgentState::Running);
         (ok, list)
     }
-}
-
-/// Asks a throwaway instance for the component's version (its `version` export).
-async fn probe_version(mut live: crate::agent::instance::Live) -> anyhow::Result<String> {
-    live.begin_turn(None, Duration::from_secs(1));
-    Ok(live
-        .bindings
-        .agent_host_guest()
-        .call_version(&mut live.store)
-        .await?)
 }
 
 /// `echo.wasm` → `echo`; names must be valid agent names.

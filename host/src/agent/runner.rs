@@ -155,7 +155,6 @@ pub enum Control {
 /// Everything the runner needs besides the live instance.
 pub struct RunnerParts {
     pub identity: Identity,
-    pub version: String,
     pub engine: Arc<Engine>,
     pub compiled: Arc<CompiledAgent>,
     pub caps: Arc<AgentCaps>,
@@ -262,7 +261,7 @@ pub async fn start(
     .map_err(|e| anyhow::anyhow!("cannot subscribe: {e}"))?;
     let (control_tx, control_rx) = mpsc::channel(4);
     let identity = runner.parts.identity.clone();
-    let version = runner.parts.version.clone();
+    let version = runner.version.clone();
     let digest = runner.parts.compiled.digest.clone();
     let metrics = runner.parts.metrics.clone();
     let status = runner.parts.status.clone();
@@ -288,6 +287,8 @@ pub async fn start(
 
 struct Runner {
     parts: RunnerParts,
+    /// The component's own version (its `version` export).
+    version: String,
     live: Option<Live>,
     last_snapshot: Option<(String, Vec<u8>)>,
     since_snapshot: u32,
@@ -307,13 +308,21 @@ impl Runner {
         let seen = SeenIds::new(parts.dedup_window);
         let mut runner = Runner {
             parts,
+            version: String::new(),
             live: None,
             last_snapshot: persisted,
             since_snapshot: 0,
             consecutive_restarts: 0,
             seen,
         };
-        runner.live = Some(runner.fresh_instance().await?);
+        let mut live = runner.fresh_instance().await?;
+        live.begin_turn(None, Duration::from_secs(1));
+        runner.version = live
+            .bindings
+            .agent_host_guest()
+            .call_version(&mut live.store)
+            .await?;
+        runner.live = Some(live);
         runner.parts.status.set_state(AgentState::Running);
         Ok(runner)
     }
@@ -516,8 +525,8 @@ impl Runner {
             .await
         {
             Ok(state) => {
-                let encoded = encode_snapshot(&self.parts.version, &state);
-                self.last_snapshot = Some((self.parts.version.clone(), state));
+                let encoded = encode_snapshot(&self.version, &state);
+                self.last_snapshot = Some((self.version.clone(), state));
                 if let Err(e) = self
                     .parts
                     .store

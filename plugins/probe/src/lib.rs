@@ -4,7 +4,8 @@
 //! Commands (payload text): `publish SUBJECT TEXT`, `send AGENT COMMAND TEXT`,
 //! `request SUBJECT TEXT`, `ask AGENT COMMAND TEXT`, `fanout AGENT,AGENT,... TEXT`,
 //! `kv-set KEY VALUE`, `kv-get KEY`, `kv-list PREFIX`, `kv-cas KEY EXPECTED|none VALUE`,
-//! `config KEY`, `self`, `chat MODEL TEXT`, `seen`, `panic`, `fail`.
+//! `config KEY`, `self`, `chat MODEL TEXT`, `seen`, `print TEXT` (stdout and stderr),
+//! `spin` (loops forever), `panic`, `fail`.
 use std::time::Duration;
 
 use agent_sdk::prelude::*;
@@ -101,6 +102,17 @@ impl Agent for Probe {
                 llm::chat(a[0], &messages, &Default::default()).map(|c| c.text)
             }
             "seen" => Ok(self.seen.to_string()),
+            "print" => {
+                println!("{rest}");
+                eprintln!("to stderr: {rest}");
+                Ok("printed".into())
+            }
+            "spin" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
             "panic" => panic!("probe was told to panic"),
             "fail" => Err(AgentError::new("probe was told to fail")),
             other => Err(AgentError::new(format!("unknown probe command '{other}'"))),
