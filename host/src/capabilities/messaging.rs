@@ -141,6 +141,20 @@ impl MessagingCtx {
         }
     }
 
+    async fn publish_stamped(
+        &self,
+        subject: String,
+        headers: Vec<Header>,
+        payload: Vec<u8>,
+    ) -> Result<(), WitError> {
+        let msg = self.outgoing(subject, headers, payload);
+        let subject = msg.subject.clone();
+        self.bus
+            .publish(msg)
+            .await
+            .map_err(|e| bus_error(e, &subject))
+    }
+
     async fn request_one(
         &self,
         subject: String,
@@ -231,12 +245,7 @@ impl messaging::Host for MessagingView<'_> {
         {
             return Ok(Err(e));
         }
-        let msg = ctx.outgoing(subject.clone(), headers, payload);
-        Ok(ctx
-            .bus
-            .publish(msg)
-            .await
-            .map_err(|e| bus_error(e, &subject)))
+        Ok(ctx.publish_stamped(subject, headers, payload).await)
     }
 
     async fn send(
@@ -254,12 +263,7 @@ impl messaging::Host for MessagingView<'_> {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
         };
-        let msg = ctx.outgoing(subject.clone(), headers, payload);
-        Ok(ctx
-            .bus
-            .publish(msg)
-            .await
-            .map_err(|e| bus_error(e, &subject)))
+        Ok(ctx.publish_stamped(subject, headers, payload).await)
     }
 
     async fn request(
