@@ -125,6 +125,21 @@ fn main() {
         emit("dispatch_native_us_per_msg", median(nat), "us");
         emit("dispatch_ratio_wasm_vs_native", median(ratios), "ratio");
 
+        // Where the Wasm path's time goes: mean time inside the `handle` export call.
+        let text = node.metrics.encode();
+        let read = |name: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(name) && l.contains("agent=\"echo\""))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let (sum, count) = (
+            read("agent_host_handle_seconds_sum"),
+            read("agent_host_handle_seconds_count"),
+        );
+        emit("dispatch_handle_call_us_mean", sum / count * 1e6, "us");
+
         // Round-trip latency of one request at a time.
         let mut rtt = Vec::new();
         for _ in 0..2000 {

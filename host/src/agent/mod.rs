@@ -3,6 +3,7 @@
 mod dedup;
 pub mod instance;
 pub mod runner;
+pub mod snapshots;
 mod stdio;
 
 use std::sync::Arc;

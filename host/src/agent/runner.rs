@@ -12,17 +12,15 @@ use tokio::task::JoinHandle;
 
 use super::dedup::SeenIds;
 use super::instance::{instantiate, InstanceLimits, Live};
+use super::snapshots::{self, SnapshotWriter};
 use super::{AgentCaps, Identity};
 use crate::bindings::Message;
 use crate::bus::{BusMessage, Subscription, Transport};
 use crate::capabilities::messaging::to_wit_message;
 use crate::engine::{CompiledAgent, Engine};
-use crate::storage::{KvBackend, Quota};
+use crate::storage::KvBackend;
 use crate::subjects;
 use crate::telemetry::AgentMetrics;
-
-/// Namespace in the KV store where agents' last snapshots are kept across node restarts.
-pub const SNAPSHOT_NAMESPACE: &str = "sys.snapshots";
 
 /// Restarts in a row without a successful message before an agent is marked failed.
 const MAX_CONSECUTIVE_RESTARTS: u32 = 8;
@@ -294,18 +292,19 @@ struct Runner {
     since_snapshot: u32,
     consecutive_restarts: u32,
     seen: SeenIds,
+    /// Persists snapshots off the message path (None once stopped).
+    writer: Option<SnapshotWriter>,
 }
 
 impl Runner {
     async fn new(parts: RunnerParts) -> anyhow::Result<Runner> {
-        let persisted = parts
-            .store
-            .get(SNAPSHOT_NAMESPACE, &parts.identity.id)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|e| decode_snapshot(&e.value));
+        let persisted = snapshots::load(parts.store.as_ref(), &parts.identity.id).await;
         let seen = SeenIds::new(parts.dedup_window);
+        let writer = SnapshotWriter::spawn(
+            parts.store.clone(),
+            parts.identity.id.clone(),
+            parts.identity.name.clone(),
+        );
         let mut runner = Runner {
             parts,
             version: String::new(),
@@ -314,6 +313,7 @@ impl Runner {
             since_snapshot: 0,
             consecutive_restarts: 0,
             seen,
+            writer: Some(writer),
         };
         let mut live = runner.fresh_instance().await?;
         live.begin_turn(None, Duration::from_secs(1));
@@ -358,7 +358,7 @@ impl Runner {
                 c = control.recv() => {
                     match c {
                         Some(Control::Stop(done)) => {
-                            self.snapshot_and_persist().await;
+                            self.final_snapshot().await;
                             self.parts.status.set_state(AgentState::Stopped);
                             let _ = done.send(());
                         }
@@ -411,7 +411,11 @@ impl Runner {
         }
         self.since_snapshot += 1;
         if self.parts.snapshot_every > 0 && self.since_snapshot >= self.parts.snapshot_every {
-            self.snapshot_and_persist().await;
+            if let Some(encoded) = self.take_snapshot().await {
+                if let Some(writer) = &self.writer {
+                    writer.submit(encoded);
+                }
+            }
         }
         true
     }
@@ -505,12 +509,10 @@ impl Runner {
         }
     }
 
-    /// Takes a snapshot and persists it so a restart (or a node restart) resumes from it.
-    async fn snapshot_and_persist(&mut self) {
+    /// Takes a snapshot (kept for restarts after a trap); returns it encoded for persisting.
+    async fn take_snapshot(&mut self) -> Option<Vec<u8>> {
         self.since_snapshot = 0;
-        let Some(live) = self.live.as_mut() else {
-            return;
-        };
+        let live = self.live.as_mut()?;
         live.begin_turn(
             None,
             self.parts
@@ -525,57 +527,34 @@ impl Runner {
             .await
         {
             Ok(state) => {
-                let encoded = encode_snapshot(&self.version, &state);
+                let encoded = snapshots::encode(&self.version, &state);
                 self.last_snapshot = Some((self.version.clone(), state));
-                if let Err(e) = self
-                    .parts
-                    .store
-                    .set(
-                        SNAPSHOT_NAMESPACE,
-                        &self.parts.identity.id,
-                        &encoded,
-                        &Quota::UNLIMITED,
-                    )
-                    .await
-                {
-                    tracing::warn!(agent = %self.parts.identity.name, "cannot persist snapshot: {e}");
-                }
+                Some(encoded)
             }
             Err(trap) => {
                 self.parts.metrics.traps.inc();
                 tracing::error!(agent = %self.parts.identity.name, "snapshot trapped: {trap:#}");
                 self.live = None;
                 let _ = self.restart().await;
+                None
             }
         }
     }
-}
 
-/// A persisted snapshot: the version that wrote it, a newline, the state bytes.
-fn encode_snapshot(version: &str, state: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(version.len() + 1 + state.len());
-    out.extend_from_slice(version.as_bytes());
-    out.push(b'\n');
-    out.extend_from_slice(state);
-    out
-}
-
-fn decode_snapshot(bytes: &[u8]) -> Option<(String, Vec<u8>)> {
-    let pos = bytes.iter().position(|b| *b == b'\n')?;
-    let version = std::str::from_utf8(&bytes[..pos]).ok()?.to_string();
-    Some((version, bytes[pos + 1..].to_vec()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_snapshot_keeps_the_version_that_wrote_it() {
-        let bytes = encode_snapshot("1.2.0", b"{\"count\":3}\n");
-        assert_eq!(
-            decode_snapshot(&bytes),
-            Some(("1.2.0".to_string(), b"{\"count\":3}\n".to_vec()))
-        );
+    /// On stop: the last snapshot is on disk before the agent is reported stopped.
+    async fn final_snapshot(&mut self) {
+        let encoded = self.take_snapshot().await;
+        if let Some(writer) = self.writer.take() {
+            writer.close().await;
+        }
+        if let Some(encoded) = encoded {
+            snapshots::write(
+                self.parts.store.as_ref(),
+                &self.parts.identity.id,
+                &self.parts.identity.name,
+                &encoded,
+            )
+            .await;
+        }
     }
 }

@@ -191,11 +191,21 @@ pub fn bus_error(e: BusError, subject: &str) -> WitError {
     }
 }
 
+/// A unique id for a message that came without `Nats-Msg-Id`: a per-process UUID v7 (so
+/// ids differ across restarts and nodes) and a counter, without a syscall per message.
+pub fn host_message_id() -> String {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::now_v7().simple().to_string());
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{n}")
+}
+
 /// Converts a bus message for the guest; `id` is the `Nats-Msg-Id` header when present.
 pub fn to_wit_message(msg: BusMessage, id: Option<String>) -> Message {
     let id = id
         .or_else(|| msg.header(subjects::MSG_ID_HEADER).map(str::to_string))
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        .unwrap_or_else(host_message_id);
     Message {
         id,
         subject: msg.subject,
