@@ -7,7 +7,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agent_host::agent::native::{NativeFactory, NativeGuest};
+use agent_host::agent::AgentStore;
+use agent_host::bindings::agent::host::messaging::Host as _;
+use agent_host::bindings::Message;
 use agent_host::bus::{BusMessage, Transport};
+use agent_host::capabilities::messaging::MessagingView;
 use agent_host::config::NodeConfig;
 use agent_host::node::{LoadRequest, Node};
 
@@ -70,23 +75,23 @@ async fn pipeline(bus: &Arc<dyn Transport>, subject: &str, inbox: &str) -> f64 {
     started.elapsed().as_secs_f64() * 1e6 / MESSAGES as f64
 }
 
-/// The native handler: the same subscription, conversion and stamped reply, without Wasm.
-fn spawn_native_echo(bus: Arc<dyn Transport>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut sub = bus.subscribe("agent.to.native.>", 4096).await.unwrap();
-        while let Some(m) = sub.next().await {
-            let msg = agent_host::capabilities::messaging::to_wit_message(m, None);
-            if let Some(to) = msg.reply_to {
-                let reply = BusMessage {
-                    subject: to,
-                    reply_to: None,
-                    headers: vec![("Agent-Ref".to_string(), "default.native.0".to_string())],
-                    payload: bytes::Bytes::from(msg.payload),
-                };
-                bus.publish(reply).await.unwrap();
-            }
+/// The native baseline: echo written in Rust, run by the same agent runner (mailbox,
+/// dedup, metrics, CPU accounting) and replying through the same messaging capability.
+struct NativeEcho;
+
+#[async_trait::async_trait]
+impl NativeGuest for NativeEcho {
+    async fn handle(&mut self, store: &mut AgentStore, msg: &Message) -> Result<(), String> {
+        let Some(to) = msg.reply_to.clone() else {
+            return Ok(());
+        };
+        let mut view = MessagingView::of(store);
+        match view.publish(to, Vec::new(), msg.payload.clone()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("{e:?}")),
+            Err(trap) => Err(trap.to_string()),
         }
-    })
+    }
 }
 
 fn main() {
@@ -109,7 +114,8 @@ fn main() {
         })
         .await
         .unwrap();
-        let native = spawn_native_echo(node.bus.clone());
+        let factory: NativeFactory = Arc::new(|| Box::new(NativeEcho) as Box<dyn NativeGuest>);
+        node.load_native("native", factory).await.unwrap();
 
         // Warm up both paths.
         pipeline(&node.bus, "agent.to.echo.ping", "_INBOX.warm1").await;
@@ -162,7 +168,6 @@ fn main() {
             "us",
         );
 
-        native.abort();
         node.shutdown().await;
     });
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::instance::InstanceLimits;
+use crate::agent::instance::{Code, InstanceLimits};
+use crate::agent::native::NativeFactory;
 use crate::agent::runner::{self, AgentStatus, RunnerParts};
 use crate::agent::{AgentCaps, AgentHandle, AgentSummary, Identity};
 use crate::bus::{BusMessage, EmbeddedBus, Transport};
@@ -129,7 +130,30 @@ impl Node {
         let compiled =
             tokio::task::spawn_blocking(move || engine.compile_file(&path, pin.as_deref()))
                 .await??;
+        self.start_agent(manifest, Code::Wasm(compiled), limits)
+            .await
+    }
 
+    /// Runs a native Rust handler as agent `name` through the same runner and capability
+    /// checks as a component (nothing granted but replies): the dispatch benchmark's baseline.
+    #[doc(hidden)]
+    pub async fn load_native(
+        &self,
+        name: &str,
+        factory: NativeFactory,
+    ) -> anyhow::Result<AgentSummary> {
+        let manifest = Manifest::deny_all(name)?;
+        let limits = self.instance_limits(&manifest)?;
+        self.start_agent(manifest, Code::Native(factory), limits)
+            .await
+    }
+
+    async fn start_agent(
+        &self,
+        manifest: Manifest,
+        code: Code,
+        limits: InstanceLimits,
+    ) -> anyhow::Result<AgentSummary> {
         let identity = Identity::new(
             &manifest.agent.cluster,
             &manifest.agent.name,
@@ -140,7 +164,7 @@ impl Node {
         let parts = RunnerParts {
             identity: identity.clone(),
             engine: self.engine.clone(),
-            compiled,
+            code,
             caps,
             limits,
             bus: self.bus.clone(),
@@ -158,7 +182,7 @@ impl Node {
         for pattern in &handle.subscriptions {
             tracing::info!(agent = %identity.name, "subscribed to {pattern}");
         }
-        tracing::info!(agent = %identity.name, agent_ref = %identity.agent_ref, digest = %&handle.digest[..12], "Agent '{}' v{} is ready", identity.name, handle.version);
+        tracing::info!(agent = %identity.name, agent_ref = %identity.agent_ref, digest = %handle.digest.get(..12).unwrap_or(&handle.digest), "Agent '{}' v{} is ready", identity.name, handle.version);
         let summary = handle.summary();
         self.directory
             .agents

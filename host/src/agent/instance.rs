@@ -6,10 +6,34 @@ use std::time::Duration;
 use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx};
 
+use super::native::{NativeFactory, NativeGuest};
 use super::stdio::LogStream;
 use super::{AgentCaps, AgentStore, CpuBudgetExceeded, Turn};
-use crate::bindings::Agent;
+use crate::bindings::{Agent, AgentRef, Message};
 use crate::engine::{CompiledAgent, Engine};
+
+/// What an agent runs: a compiled component, or (as the benchmarks' baseline) native code
+/// driven through the same runner and capability checks.
+#[derive(Clone)]
+pub enum Code {
+    Wasm(Arc<CompiledAgent>),
+    Native(NativeFactory),
+}
+
+impl Code {
+    /// The sha256 of the component ("native" for native code).
+    pub fn digest(&self) -> String {
+        match self {
+            Code::Wasm(c) => c.digest.clone(),
+            Code::Native(_) => "native".to_string(),
+        }
+    }
+}
+
+enum Guest {
+    Wasm(Agent),
+    Native(Box<dyn NativeGuest>),
+}
 
 /// Limits applied to one instance.
 #[derive(Clone, Copy, Debug)]
@@ -21,7 +45,53 @@ pub struct InstanceLimits {
 /// A live instance and the store that owns its memory.
 pub struct Live {
     pub store: Store<AgentStore>,
-    pub bindings: Agent,
+    guest: Guest,
+}
+
+/// The `guest` exports; the outer error is a trap (the instance is then unusable).
+impl Live {
+    pub async fn call_version(&mut self) -> wasmtime::Result<String> {
+        match &mut self.guest {
+            Guest::Wasm(b) => b.agent_host_guest().call_version(&mut self.store).await,
+            Guest::Native(n) => Ok(n.version()),
+        }
+    }
+
+    pub async fn call_init(&mut self, me: &AgentRef) -> wasmtime::Result<Result<(), String>> {
+        match &mut self.guest {
+            Guest::Wasm(b) => b.agent_host_guest().call_init(&mut self.store, me).await,
+            Guest::Native(_) => Ok(Ok(())),
+        }
+    }
+
+    pub async fn call_handle(&mut self, msg: &Message) -> wasmtime::Result<Result<(), String>> {
+        match &mut self.guest {
+            Guest::Wasm(b) => b.agent_host_guest().call_handle(&mut self.store, msg).await,
+            Guest::Native(n) => Ok(n.handle(self.store.data_mut(), msg).await),
+        }
+    }
+
+    pub async fn call_snapshot(&mut self) -> wasmtime::Result<Vec<u8>> {
+        match &mut self.guest {
+            Guest::Wasm(b) => b.agent_host_guest().call_snapshot(&mut self.store).await,
+            Guest::Native(n) => Ok(n.snapshot()),
+        }
+    }
+
+    pub async fn call_restore(
+        &mut self,
+        from_version: &str,
+        state: &[u8],
+    ) -> wasmtime::Result<Result<(), String>> {
+        match &mut self.guest {
+            Guest::Wasm(b) => {
+                b.agent_host_guest()
+                    .call_restore(&mut self.store, from_version, state)
+                    .await
+            }
+            Guest::Native(n) => Ok(n.restore(from_version, state)),
+        }
+    }
 }
 
 impl Live {
@@ -40,7 +110,7 @@ impl Live {
 /// clocks and randomness.
 pub async fn instantiate(
     engine: &Engine,
-    compiled: &CompiledAgent,
+    code: &Code,
     caps: Arc<AgentCaps>,
     limits: InstanceLimits,
 ) -> anyhow::Result<Live> {
@@ -77,6 +147,9 @@ pub async fn instantiate(
     store.data_mut().turn.cpu_budget = limits.cpu_per_message.max(Duration::from_secs(1));
     store.data_mut().turn.started = std::time::Instant::now();
     store.set_epoch_deadline(1);
-    let bindings = compiled.pre.instantiate_async(&mut store).await?;
-    Ok(Live { store, bindings })
+    let guest = match code {
+        Code::Wasm(compiled) => Guest::Wasm(compiled.pre.instantiate_async(&mut store).await?),
+        Code::Native(factory) => Guest::Native(factory()),
+    };
+    Ok(Live { store, guest })
 }

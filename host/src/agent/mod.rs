@@ -2,6 +2,7 @@
 
 mod dedup;
 pub mod instance;
+pub mod native;
 pub mod runner;
 pub mod snapshots;
 mod stdio;

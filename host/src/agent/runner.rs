@@ -11,13 +11,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::dedup::SeenIds;
-use super::instance::{instantiate, InstanceLimits, Live};
+use super::instance::{instantiate, Code, InstanceLimits, Live};
 use super::snapshots::{self, SnapshotWriter};
 use super::{AgentCaps, Identity};
 use crate::bindings::Message;
 use crate::bus::{BusMessage, Subscription, Transport};
 use crate::capabilities::messaging::to_wit_message;
-use crate::engine::{CompiledAgent, Engine};
+use crate::engine::Engine;
 use crate::storage::KvBackend;
 use crate::subjects;
 use crate::telemetry::AgentMetrics;
@@ -154,7 +154,7 @@ pub enum Control {
 pub struct RunnerParts {
     pub identity: Identity,
     pub engine: Arc<Engine>,
-    pub compiled: Arc<CompiledAgent>,
+    pub code: Code,
     pub caps: Arc<AgentCaps>,
     pub limits: InstanceLimits,
     pub bus: Arc<dyn Transport>,
@@ -194,7 +194,7 @@ pub struct AgentHandle {
     pub manifest: Arc<crate::manifest::Manifest>,
     pub metrics: Arc<AgentMetrics>,
     pub status: Arc<AgentStatus>,
-    compiled: Arc<CompiledAgent>,
+    code: Code,
     caps: Arc<AgentCaps>,
     limits: InstanceLimits,
     control: mpsc::Sender<Control>,
@@ -203,8 +203,8 @@ pub struct AgentHandle {
 
 impl AgentHandle {
     #[doc(hidden)]
-    pub fn parts_for_bench(&self) -> (Arc<CompiledAgent>, Arc<AgentCaps>, InstanceLimits) {
-        (self.compiled.clone(), self.caps.clone(), self.limits)
+    pub fn parts_for_bench(&self) -> (Code, Arc<AgentCaps>, InstanceLimits) {
+        (self.code.clone(), self.caps.clone(), self.limits)
     }
 
     pub fn summary(&self) -> AgentSummary {
@@ -260,10 +260,10 @@ pub async fn start(
     let (control_tx, control_rx) = mpsc::channel(4);
     let identity = runner.parts.identity.clone();
     let version = runner.version.clone();
-    let digest = runner.parts.compiled.digest.clone();
+    let digest = runner.parts.code.digest();
     let metrics = runner.parts.metrics.clone();
     let status = runner.parts.status.clone();
-    let compiled = runner.parts.compiled.clone();
+    let code = runner.parts.code.clone();
     let caps = runner.parts.caps.clone();
     let limits = runner.parts.limits;
     let task = tokio::spawn(async move { runner.run(inbox, control_rx).await });
@@ -275,7 +275,7 @@ pub async fn start(
         manifest,
         metrics,
         status,
-        compiled,
+        code,
         caps,
         limits,
         control: control_tx,
@@ -317,11 +317,7 @@ impl Runner {
         };
         let mut live = runner.fresh_instance().await?;
         live.begin_turn(None, Duration::from_secs(1));
-        runner.version = live
-            .bindings
-            .agent_host_guest()
-            .call_version(&mut live.store)
-            .await?;
+        runner.version = live.call_version().await?;
         runner.live = Some(live);
         runner.parts.status.set_state(AgentState::Running);
         Ok(runner)
@@ -330,22 +326,15 @@ impl Runner {
     /// A new instance with `init` run and the last snapshot restored.
     async fn fresh_instance(&mut self) -> anyhow::Result<Live> {
         let p = &self.parts;
-        let mut live = instantiate(&p.engine, &p.compiled, p.caps.clone(), p.limits).await?;
+        let mut live = instantiate(&p.engine, &p.code, p.caps.clone(), p.limits).await?;
         let budget = p.limits.cpu_per_message.max(Duration::from_secs(1));
         live.begin_turn(None, budget);
-        live.bindings
-            .agent_host_guest()
-            .call_init(&mut live.store, &p.identity.wit_ref())
+        live.call_init(&p.identity.wit_ref())
             .await?
             .map_err(|e| anyhow::anyhow!("init of agent '{}' failed: {e}", p.identity.name))?;
         if let Some((from_version, state)) = &self.last_snapshot {
             live.begin_turn(None, budget);
-            if let Err(e) = live
-                .bindings
-                .agent_host_guest()
-                .call_restore(&mut live.store, from_version, state)
-                .await?
-            {
+            if let Err(e) = live.call_restore(from_version, state).await? {
                 tracing::warn!(agent = %p.identity.name, "restore of the last snapshot (v{from_version}) failed: {e}; starting from a fresh state");
             }
         }
@@ -429,11 +418,7 @@ impl Runner {
             .expect("a live instance between restarts");
         live.begin_turn(msg.reply_to.clone(), p.limits.cpu_per_message);
         let started = Instant::now();
-        let result = live
-            .bindings
-            .agent_host_guest()
-            .call_handle(&mut live.store, msg)
-            .await;
+        let result = live.call_handle(msg).await;
         p.metrics.latency.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Ok(())) => {
@@ -520,12 +505,7 @@ impl Runner {
                 .cpu_per_message
                 .max(Duration::from_secs(1)),
         );
-        match live
-            .bindings
-            .agent_host_guest()
-            .call_snapshot(&mut live.store)
-            .await
-        {
+        match live.call_snapshot().await {
             Ok(state) => {
                 let encoded = snapshots::encode(&self.version, &state);
                 self.last_snapshot = Some((self.version.clone(), state));

@@ -225,6 +225,17 @@ pub struct MessagingView<'a> {
     turn: &'a mut Turn,
 }
 
+impl<'a> MessagingView<'a> {
+    /// The view a call from `store`'s agent sees (also used by native baseline handlers).
+    pub fn of(store: &'a mut AgentStore) -> MessagingView<'a> {
+        let AgentStore { caps, turn, .. } = store;
+        MessagingView {
+            ctx: &caps.messaging,
+            turn,
+        }
+    }
+}
+
 struct MessagingData;
 
 impl HasData for MessagingData {
@@ -232,13 +243,7 @@ impl HasData for MessagingData {
 }
 
 pub fn add_to_linker(linker: &mut Linker<AgentStore>) -> wasmtime::Result<()> {
-    messaging::add_to_linker::<AgentStore, MessagingData>(linker, |s| {
-        let AgentStore { caps, turn, .. } = s;
-        MessagingView {
-            ctx: &caps.messaging,
-            turn,
-        }
-    })
+    messaging::add_to_linker::<AgentStore, MessagingData>(linker, |s| MessagingView::of(s))
 }
 
 impl messaging::Host for MessagingView<'_> {
