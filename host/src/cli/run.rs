@@ -24,7 +24,18 @@ pub async fn run(
     let socket = cfg.control_socket();
     let http = cfg.http.listen;
     let node = Node::start(cfg).await?;
-    let control = ControlServer::start(node.clone(), &socket).await?;
+    // The configured agents load first: once the control socket answers, they all serve.
+    if let Err(e) = node.load_configured_agents().await {
+        node.shutdown().await;
+        return Err(e);
+    }
+    let control = match ControlServer::start(node.clone(), &socket).await {
+        Ok(c) => c,
+        Err(e) => {
+            node.shutdown().await;
+            return Err(e);
+        }
+    };
     let http_task = match http {
         Some(addr) => {
             let (bound, task) = crate::telemetry::http::serve(node.clone(), addr).await?;
@@ -35,10 +46,6 @@ pub async fn run(
         }
         None => None,
     };
-    if let Err(e) = node.load_configured_agents().await {
-        node.shutdown().await;
-        return Err(e);
-    }
     tracing::info!(
         "node '{}' running {} agent(s); control socket {} (try: host list --control {})",
         node.config.node.name,
