@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::instance::{Code, InstanceLimits};
 use crate::agent::native::NativeFactory;
-use crate::agent::runner::{self, AgentStatus, RunnerParts};
+use crate::agent::runner::{self, RunnerParts};
+use crate::agent::AgentStatus;
 use crate::agent::{AgentCaps, AgentHandle, AgentSummary, Identity};
 use crate::bus::{BusMessage, EmbeddedBus, Transport};
 use crate::capabilities::{

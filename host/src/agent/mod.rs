@@ -1,10 +1,12 @@
 //! One running agent: its store data, its live instance, its mailbox and its supervisor.
 
 mod dedup;
+mod inbox;
 pub mod instance;
 pub mod native;
 pub mod runner;
 pub mod snapshots;
+pub mod status;
 mod stdio;
 
 use std::sync::Arc;
@@ -16,7 +18,8 @@ use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 use crate::bindings::AgentRef;
 use crate::capabilities::{kv::KvCtx, llm::LlmCtx, messaging::MessagingCtx, runtime::RuntimeCtx};
 
-pub use runner::{AgentHandle, AgentState, AgentSummary};
+pub use runner::AgentHandle;
+pub use status::{AgentState, AgentStatus, AgentSummary};
 
 /// Who an agent is, as every capability sees it.
 #[derive(Clone, Debug)]

@@ -2,20 +2,21 @@
 //! time, calls `handle`, and supervises the instance (a trap re-creates it from the last
 //! snapshot, with backoff; a message that keeps trapping goes to the dead-letter subject).
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::dedup::SeenIds;
+use super::inbox::{next_from, Inbox, Via};
 use super::instance::{instantiate, Code, InstanceLimits, Live};
 use super::snapshots::{self, SnapshotWriter};
+use super::status::{AgentState, AgentStatus, AgentSummary};
 use super::{AgentCaps, Identity};
 use crate::bindings::Message;
-use crate::bus::{BusMessage, Subscription, Transport};
+use crate::bus::{BusMessage, Transport};
 use crate::capabilities::messaging::to_wit_message;
 use crate::engine::Engine;
 use crate::storage::KvBackend;
@@ -24,125 +25,6 @@ use crate::telemetry::AgentMetrics;
 
 /// Restarts in a row without a successful message before an agent is marked failed.
 const MAX_CONSECUTIVE_RESTARTS: u32 = 8;
-
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AgentState {
-    Running = 0,
-    Restarting = 1,
-    Failed = 2,
-    Stopped = 3,
-}
-
-impl AgentState {
-    fn from_u8(v: u8) -> AgentState {
-        match v {
-            0 => AgentState::Running,
-            1 => AgentState::Restarting,
-            2 => AgentState::Failed,
-            _ => AgentState::Stopped,
-        }
-    }
-}
-
-/// Live facts about an agent that the control API reads without disturbing it.
-#[derive(Default)]
-pub struct AgentStatus {
-    state: AtomicU8,
-    pub restarts: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub last_error: Mutex<Option<String>>,
-}
-
-impl AgentStatus {
-    pub fn state(&self) -> AgentState {
-        AgentState::from_u8(self.state.load(Ordering::Relaxed))
-    }
-
-    fn set_state(&self, s: AgentState) {
-        self.state.store(s as u8, Ordering::Relaxed);
-    }
-
-    fn set_error(&self, e: String) {
-        *self.last_error.lock().expect("status lock") = Some(e);
-    }
-}
-
-/// Which of the agent's subscriptions a message came through, highest precedence first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Via {
-    Legacy,
-    AgentRef,
-    Broadcast,
-}
-
-/// The agent's subscriptions (each may be turned off in the manifest).
-pub struct Inbox {
-    pub legacy: Option<Subscription>,
-    pub agent_ref: Option<Subscription>,
-    pub broadcast: Option<Subscription>,
-}
-
-impl Inbox {
-    /// Subscribes the patterns the manifest turns on; returns them for the startup log too.
-    pub async fn subscribe(
-        bus: &dyn Transport,
-        identity: &Identity,
-        subs: &crate::manifest::Subscriptions,
-        capacity: usize,
-    ) -> Result<(Inbox, Vec<String>), crate::bus::BusError> {
-        let mut patterns = Vec::new();
-        let mut one = |on: bool, pattern: String| {
-            if on {
-                patterns.push(pattern.clone());
-            }
-            (on, pattern)
-        };
-        let legacy = one(subs.legacy, subjects::legacy_inbox(&identity.name));
-        let agent_ref = one(subs.agent_ref, subjects::agent_ref_commands(&identity.id));
-        let broadcast = one(subs.broadcast, subjects::broadcast());
-        let inbox = Inbox {
-            legacy: if legacy.0 {
-                Some(bus.subscribe(&legacy.1, capacity).await?)
-            } else {
-                None
-            },
-            agent_ref: if agent_ref.0 {
-                Some(bus.subscribe(&agent_ref.1, capacity).await?)
-            } else {
-                None
-            },
-            broadcast: if broadcast.0 {
-                Some(bus.subscribe(&broadcast.1, capacity).await?)
-            } else {
-                None
-            },
-        };
-        Ok((inbox, patterns))
-    }
-
-    /// Whether a message that came through `via` will also come through a subscription of
-    /// higher precedence (one publish matching two patterns): then this copy is dropped.
-    fn delivered_earlier(&self, via: Via, subject: &str) -> bool {
-        let matches = |s: &Option<Subscription>| {
-            s.as_ref()
-                .is_some_and(|s| subjects::matches(s.pattern(), subject))
-        };
-        match via {
-            Via::Legacy => false,
-            Via::AgentRef => matches(&self.legacy),
-            Via::Broadcast => matches(&self.legacy) || matches(&self.agent_ref),
-        }
-    }
-}
-
-async fn next_from(sub: &mut Option<Subscription>) -> Option<BusMessage> {
-    match sub {
-        Some(s) => s.next().await,
-        None => std::future::pending().await,
-    }
-}
 
 /// Requests to a running agent from the node.
 pub enum Control {
@@ -164,25 +46,6 @@ pub struct RunnerParts {
     pub snapshot_every: u32,
     pub max_traps_per_message: u32,
     pub dedup_window: usize,
-}
-
-/// What `host list` shows of an agent.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct AgentSummary {
-    pub name: String,
-    pub cluster: String,
-    pub id: String,
-    pub version: String,
-    pub digest: String,
-    pub state: AgentState,
-    pub handled: u64,
-    pub errors: u64,
-    pub traps: u64,
-    pub denied: u64,
-    pub restarts: u64,
-    pub dead_lettered: u64,
-    pub subscriptions: Vec<String>,
-    pub last_error: Option<String>,
 }
 
 /// The node's handle on a running agent.

@@ -1,0 +1,82 @@
+//! The subscriptions the host holds for an agent, and the precedence that drops the second
+//! copy of a message one publish delivered through two of them.
+
+use crate::bus::{BusMessage, Subscription, Transport};
+use crate::subjects;
+
+use super::Identity;
+
+/// Which of the agent's subscriptions a message came through, highest precedence first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Via {
+    Legacy,
+    AgentRef,
+    Broadcast,
+}
+
+/// The agent's subscriptions (each may be turned off in the manifest).
+pub struct Inbox {
+    pub legacy: Option<Subscription>,
+    pub agent_ref: Option<Subscription>,
+    pub broadcast: Option<Subscription>,
+}
+
+impl Inbox {
+    /// Subscribes the patterns the manifest turns on; returns them for the startup log too.
+    pub async fn subscribe(
+        bus: &dyn Transport,
+        identity: &Identity,
+        subs: &crate::manifest::Subscriptions,
+        capacity: usize,
+    ) -> Result<(Inbox, Vec<String>), crate::bus::BusError> {
+        let mut patterns = Vec::new();
+        let mut one = |on: bool, pattern: String| {
+            if on {
+                patterns.push(pattern.clone());
+            }
+            (on, pattern)
+        };
+        let legacy = one(subs.legacy, subjects::legacy_inbox(&identity.name));
+        let agent_ref = one(subs.agent_ref, subjects::agent_ref_commands(&identity.id));
+        let broadcast = one(subs.broadcast, subjects::broadcast());
+        let inbox = Inbox {
+            legacy: if legacy.0 {
+                Some(bus.subscribe(&legacy.1, capacity).await?)
+            } else {
+                None
+            },
+            agent_ref: if agent_ref.0 {
+                Some(bus.subscribe(&agent_ref.1, capacity).await?)
+            } else {
+                None
+            },
+            broadcast: if broadcast.0 {
+                Some(bus.subscribe(&broadcast.1, capacity).await?)
+            } else {
+                None
+            },
+        };
+        Ok((inbox, patterns))
+    }
+
+    /// Whether a message that came through `via` will also come through a subscription of
+    /// higher precedence (one publish matching two patterns): then this copy is dropped.
+    pub fn delivered_earlier(&self, via: Via, subject: &str) -> bool {
+        let matches = |s: &Option<Subscription>| {
+            s.as_ref()
+                .is_some_and(|s| subjects::matches(s.pattern(), subject))
+        };
+        match via {
+            Via::Legacy => false,
+            Via::AgentRef => matches(&self.legacy),
+            Via::Broadcast => matches(&self.legacy) || matches(&self.agent_ref),
+        }
+    }
+}
+
+pub async fn next_from(sub: &mut Option<Subscription>) -> Option<BusMessage> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
