@@ -367,7 +367,10 @@ fn check_rejects_bad_manifests_naming_file_and_field() {
 
 #[test]
 fn every_verb_has_help() {
-    for verb in ["run", "load", "list", "status", "unload", "send", "check"] {
+    for verb in [
+        "run", "load", "list", "status", "unload", "send", "check", "upgrade", "rollback",
+        "promote",
+    ] {
         let out = std::process::Command::new(host_bin())
             .args([verb, "--help"])
             .output()
@@ -379,4 +382,73 @@ fn every_verb_has_help() {
             stdout(&out)
         );
     }
+}
+
+#[test]
+fn an_operator_upgrades_rolls_back_and_promotes_from_the_command_line() {
+    let node = NodeProcess::start("");
+    let (v1, v2) = (plugin("counter"), plugin("counter_v2"));
+    assert!(node.host(&["load", v1.to_str().unwrap()]).status.success());
+    node.host(&["send", "agent.to.counter.cmd", "add 10", "--wait", "5"]);
+
+    let out = node.host(&["upgrade", "counter", v2.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("upgraded 'counter' v0.1.0 -> v0.2.0"),
+        "{}",
+        stdout(&out)
+    );
+    let out = node.host(&["send", "agent.to.counter.cmd", "stats", "--wait", "5"]);
+    assert_eq!(stdout(&out), "count=10 adds=0 version=0.2.0\n");
+    let status = stdout(&node.host(&["status", "counter"]));
+    assert!(
+        status.contains("version    0.2.0") && status.contains("warm       v0.1.0"),
+        "{status}"
+    );
+    assert!(
+        status.contains("event      upgraded v0.1.0 → v0.2.0"),
+        "{status}"
+    );
+
+    let out = node.host(&["rollback", "counter"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("rolled back 'counter' v0.2.0 -> v0.1.0"),
+        "{}",
+        stdout(&out)
+    );
+
+    assert!(node
+        .host(&["upgrade", "counter", v2.to_str().unwrap()])
+        .status
+        .success());
+    let out = node.host(&["promote", "counter"]);
+    assert!(
+        stdout(&out).contains("v0.1.0 retired (promoted)"),
+        "{}",
+        stdout(&out)
+    );
+    let out = node.host(&["rollback", "counter"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no previous version kept warm"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = node.host(&[
+        "upgrade",
+        "counter",
+        plugin("counter_broken").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("aborted"), "{}", stderr(&out));
+    let out = node.host(&["send", "agent.to.counter.cmd", "get", "--wait", "5"]);
+    assert_eq!(stdout(&out), "10\n", "v0.2.0 still serves the same state");
+    let log = node.log_text();
+    assert!(
+        log.contains("upgraded v0.1.0 → v0.2.0") && log.contains("rolled back v0.2.0 → v0.1.0"),
+        "{log}"
+    );
+    assert!(node.stop().success());
 }

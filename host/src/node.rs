@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::instance::{Code, InstanceLimits};
 use crate::agent::native::NativeFactory;
-use crate::agent::runner::{self, RunnerParts};
+use crate::agent::runner::{self, AgentControls, Control, RunnerParts};
+use crate::agent::upgrade::{Green, SwapReport};
 use crate::agent::AgentStatus;
 use crate::agent::{AgentCaps, AgentHandle, AgentSummary, Identity};
 use crate::bus::{BusMessage, EmbeddedBus, Transport};
@@ -21,6 +22,9 @@ use crate::engine::Engine;
 use crate::manifest::Manifest;
 use crate::storage::{EmbeddedKv, KvBackend, Quota};
 use crate::telemetry::Metrics;
+
+/// How long the version an upgrade replaced stays warm for `host rollback`.
+pub const ROLLBACK_WINDOW: Duration = Duration::from_secs(600);
 
 /// What `host load` asks for.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -175,6 +179,7 @@ impl Node {
             snapshot_every: self.config.node.snapshot_every,
             max_traps_per_message: self.config.node.max_traps_per_message.max(1),
             dedup_window: self.config.node.dedup_window,
+            rollback_window: ROLLBACK_WINDOW,
         };
         let mut agents = self.agents.lock().await;
         self.check_capacity_and_unique(&agents, &manifest)?;
@@ -183,7 +188,7 @@ impl Node {
         for pattern in &handle.subscriptions {
             tracing::info!(agent = %identity.name, "subscribed to {pattern}");
         }
-        tracing::info!(agent = %identity.name, agent_ref = %identity.agent_ref, digest = %handle.digest.get(..12).unwrap_or(&handle.digest), "Agent '{}' v{} is ready", identity.name, handle.version);
+        tracing::info!(agent = %identity.name, agent_ref = %identity.agent_ref, "Agent '{}' v{} is ready", identity.name, handle.status.version.lock().expect("status lock"));
         let summary = handle.summary();
         self.directory
             .agents
@@ -429,7 +434,7 @@ impl Node {
             let a = agents
                 .get(name)
                 .ok_or_else(|| self.unknown_agent(name, &agents))?;
-            a.parts_for_bench()
+            a.instance_parts()
         };
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
@@ -441,5 +446,102 @@ impl Node {
             drop(live);
         }
         Ok(out)
+    }
+}
+
+impl Node {
+    /// Swaps agent `name` to the component at `component`, carrying its state across. The new
+    /// version is compiled, type-checked, instantiated and initialised before the agent
+    /// pauses; any failure leaves the running version untouched.
+    pub async fn upgrade(&self, name: &str, component: &Path) -> anyhow::Result<SwapReport> {
+        let (code, caps, limits, pin, identity) = {
+            let agents = self.agents.lock().await;
+            let a = agents
+                .get(name)
+                .ok_or_else(|| self.unknown_agent(name, &agents))?;
+            let (code, caps, limits) = a.instance_parts();
+            (
+                code,
+                caps,
+                limits,
+                a.manifest.agent.sha256.clone(),
+                a.identity.clone(),
+            )
+        };
+        if let Code::Native(_) = code {
+            anyhow::bail!("agent '{name}' runs native code; only components can be upgraded");
+        }
+        let engine = self.engine.clone();
+        let path = component.to_path_buf();
+        let compiled = tokio::task::spawn_blocking(move || engine.compile_file(&path, None))
+            .await?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "upgrade of '{name}' refused, the running version is untouched: {e}"
+                )
+            })?;
+        if let Some(pinned) = pin.filter(|p| !p.eq_ignore_ascii_case(&compiled.digest)) {
+            anyhow::bail!(
+                "upgrade of '{name}' refused: its manifest pins sha256 {pinned}, and {} has {}; update the pin in the manifest and load it again",
+                component.display(),
+                compiled.digest
+            );
+        }
+        let code = Code::Wasm(compiled);
+        let mut live =
+            crate::agent::instance::instantiate(&self.engine, &code, caps, limits).await?;
+        let budget = limits.cpu_per_message.max(Duration::from_secs(1));
+        live.begin_turn(None, budget);
+        let version = live
+            .call_version()
+            .await
+            .map_err(|e| anyhow::anyhow!("the new version trapped in `version`: {e:#}"))?;
+        live.begin_turn(None, budget);
+        live.call_init(&identity.wit_ref())
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "v{version} trapped in `init`: {e:#}; the running version is untouched"
+                )
+            })?
+            .map_err(|e| {
+                anyhow::anyhow!("v{version}'s `init` failed: {e}; the running version is untouched")
+            })?;
+        let green = Green {
+            live,
+            version,
+            code,
+        };
+        self.controls(name)
+            .await?
+            .ask(|reply| Control::Swap(green, reply))
+            .await?
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// Returns agent `name` to the version its last upgrade replaced (see [`SwapReport`]).
+    pub async fn rollback(&self, name: &str, force: bool) -> anyhow::Result<SwapReport> {
+        self.controls(name)
+            .await?
+            .ask(|reply| Control::Rollback { force, reply })
+            .await?
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// Keeps the upgraded version and retires the one kept warm.
+    pub async fn promote(&self, name: &str) -> anyhow::Result<String> {
+        self.controls(name)
+            .await?
+            .ask(Control::Promote)
+            .await?
+            .map_err(anyhow::Error::msg)
+    }
+
+    async fn controls(&self, name: &str) -> anyhow::Result<AgentControls> {
+        let agents = self.agents.lock().await;
+        agents
+            .get(name)
+            .map(AgentHandle::controls)
+            .ok_or_else(|| self.unknown_agent(name, &agents))
     }
 }

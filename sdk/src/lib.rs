@@ -36,6 +36,7 @@ pub mod llm;
 mod message;
 pub mod messaging;
 pub mod runtime;
+pub mod state;
 pub use message::current_reply_to;
 
 pub use bindings::agent::host::messaging::{
@@ -65,8 +66,10 @@ pub trait Agent: Default + Serialize + serde::de::DeserializeOwned + 'static {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Replaces the state with one written by `snapshot` of version `from_version`.
-    /// Override it to convert the state of an older (or newer) version.
+    /// Replaces the state with one written by `snapshot` of version `from_version` (older on
+    /// an upgrade, newer on a rollback: see [`state::is_downgrade`]). Override it to convert,
+    /// e.g. `*self = state::read_or_convert::<Self, OldState>(state)?`. On error, leave
+    /// `self` untouched: the upgrade is aborted (or the rollback refused) with the text.
     fn restore(&mut self, _from_version: &str, state: &[u8]) -> Result<()> {
         *self = serde_json::from_slice(state)
             .map_err(|e| AgentError::new(format!("cannot read saved state: {e}")))?;
@@ -82,7 +85,7 @@ pub trait Agent: Default + Serialize + serde::de::DeserializeOwned + 'static {
 /// Everything an agent usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        export_agent, kv, llm, messaging, runtime, Agent, AgentError, AgentRef, AgentTarget,
+        export_agent, kv, llm, messaging, runtime, state, Agent, AgentError, AgentRef, AgentTarget,
         Deserialize, Header, HostError, Message, Result, Serialize,
     };
 }
@@ -100,6 +103,7 @@ macro_rules! export_agent {
                     ::std::string::String::from(env!("CARGO_PKG_VERSION"))
                 }
                 fn init(me: $crate::AgentRef) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::state::set_my_version(env!("CARGO_PKG_VERSION"));
                     $crate::__private::init::<$agent>(me)
                 }
                 fn handle(msg: $crate::Message) -> ::std::result::Result<(), ::std::string::String> {

@@ -8,6 +8,7 @@ pub mod runner;
 pub mod snapshots;
 pub mod status;
 mod stdio;
+pub mod upgrade;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

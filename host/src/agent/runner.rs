@@ -14,6 +14,7 @@ use super::inbox::{next_from, Inbox, Via};
 use super::instance::{instantiate, Code, InstanceLimits, Live};
 use super::snapshots::{self, SnapshotWriter};
 use super::status::{AgentState, AgentStatus, AgentSummary};
+use super::upgrade::{Green, Previous, SwapReport};
 use super::{AgentCaps, Identity};
 use crate::bindings::Message;
 use crate::bus::{BusMessage, Transport};
@@ -26,10 +27,20 @@ use crate::telemetry::AgentMetrics;
 /// Restarts in a row without a successful message before an agent is marked failed.
 const MAX_CONSECUTIVE_RESTARTS: u32 = 8;
 
-/// Requests to a running agent from the node.
+/// Requests to a running agent from the node. The runner takes them between messages, so
+/// the in-flight message always finishes first.
 pub enum Control {
     /// Snapshot the state, persist it, and stop.
     Stop(oneshot::Sender<()>),
+    /// Hand the state to a new version (already instantiated and initialised).
+    Swap(Green, oneshot::Sender<Result<SwapReport, String>>),
+    /// Go back to the version kept warm; `force` accepts losing the state since the swap.
+    Rollback {
+        force: bool,
+        reply: oneshot::Sender<Result<SwapReport, String>>,
+    },
+    /// Keep the new version; retire the old one now.
+    Promote(oneshot::Sender<Result<String, String>>),
 }
 
 /// Everything the runner needs besides the live instance.
@@ -46,13 +57,13 @@ pub struct RunnerParts {
     pub snapshot_every: u32,
     pub max_traps_per_message: u32,
     pub dedup_window: usize,
+    /// How long the replaced version stays warm after a swap.
+    pub rollback_window: Duration,
 }
 
 /// The node's handle on a running agent.
 pub struct AgentHandle {
     pub identity: Identity,
-    pub version: String,
-    pub digest: String,
     pub subscriptions: Vec<String>,
     pub manifest: Arc<crate::manifest::Manifest>,
     pub metrics: Arc<AgentMetrics>,
@@ -65,9 +76,18 @@ pub struct AgentHandle {
 }
 
 impl AgentHandle {
-    #[doc(hidden)]
-    pub fn parts_for_bench(&self) -> (Code, Arc<AgentCaps>, InstanceLimits) {
+    /// What a new instance of this agent needs (for an upgrade's green, or a benchmark).
+    pub fn instance_parts(&self) -> (Code, Arc<AgentCaps>, InstanceLimits) {
         (self.code.clone(), self.caps.clone(), self.limits)
+    }
+
+    /// A way to send control requests that outlives the node's lock on its agent table.
+    pub fn controls(&self) -> AgentControls {
+        AgentControls {
+            sender: self.control.clone(),
+            name: self.identity.name.clone(),
+            status: self.status.clone(),
+        }
     }
 
     pub fn summary(&self) -> AgentSummary {
@@ -76,8 +96,8 @@ impl AgentHandle {
             name: self.identity.name.clone(),
             cluster: self.identity.cluster.clone(),
             id: self.identity.id.clone(),
-            version: self.version.clone(),
-            digest: self.digest.clone(),
+            version: self.status.version.lock().expect("status lock").clone(),
+            digest: self.status.digest.lock().expect("status lock").clone(),
             state: if self.task.is_finished() && self.status.state() == AgentState::Running {
                 AgentState::Stopped
             } else {
@@ -91,6 +111,13 @@ impl AgentHandle {
             dead_lettered: self.status.dead_lettered.load(Ordering::Relaxed),
             subscriptions: self.subscriptions.clone(),
             last_error: self.status.last_error.lock().expect("status lock").clone(),
+            previous_version: self
+                .status
+                .previous_version
+                .lock()
+                .expect("status lock")
+                .clone(),
+            events: self.status.events(),
         }
     }
 
@@ -101,6 +128,32 @@ impl AgentHandle {
             let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
         }
         self.task.abort();
+    }
+}
+
+/// Sends control requests to one agent's runner.
+pub struct AgentControls {
+    sender: mpsc::Sender<Control>,
+    name: String,
+    status: Arc<AgentStatus>,
+}
+
+impl AgentControls {
+    /// Sends a request and waits for the runner's answer (after its in-flight message).
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Control,
+    ) -> anyhow::Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.sender.send(make(tx)).await.map_err(|_| {
+            anyhow::anyhow!(
+                "agent '{}' is not running (state {:?})",
+                self.name,
+                self.status.state()
+            )
+        })?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("agent '{}' stopped before answering", self.name))
     }
 }
 
@@ -122,8 +175,10 @@ pub async fn start(
     .map_err(|e| anyhow::anyhow!("cannot subscribe: {e}"))?;
     let (control_tx, control_rx) = mpsc::channel(4);
     let identity = runner.parts.identity.clone();
-    let version = runner.version.clone();
-    let digest = runner.parts.code.digest();
+    runner
+        .parts
+        .status
+        .set_serving(&runner.version, &runner.parts.code.digest(), None);
     let metrics = runner.parts.metrics.clone();
     let status = runner.parts.status.clone();
     let code = runner.parts.code.clone();
@@ -132,8 +187,6 @@ pub async fn start(
     let task = tokio::spawn(async move { runner.run(inbox, control_rx).await });
     Ok(AgentHandle {
         identity,
-        version,
-        digest,
         subscriptions,
         manifest,
         metrics,
@@ -146,17 +199,20 @@ pub async fn start(
     })
 }
 
-struct Runner {
-    parts: RunnerParts,
+pub(super) struct Runner {
+    pub(super) parts: RunnerParts,
     /// The component's own version (its `version` export).
-    version: String,
-    live: Option<Live>,
-    last_snapshot: Option<(String, Vec<u8>)>,
-    since_snapshot: u32,
-    consecutive_restarts: u32,
-    seen: SeenIds,
+    pub(super) version: String,
+    pub(super) live: Option<Live>,
+    pub(super) last_snapshot: Option<(String, Vec<u8>)>,
+    pub(super) since_snapshot: u32,
+    pub(super) consecutive_restarts: u32,
+    pub(super) seen: SeenIds,
     /// Persists snapshots off the message path (None once stopped).
-    writer: Option<SnapshotWriter>,
+    pub(super) writer: Option<SnapshotWriter>,
+    /// The version replaced by the last swap, kept warm for a rollback.
+    pub(super) previous: Option<Previous>,
+    pub(super) rollback_window: Duration,
 }
 
 impl Runner {
@@ -168,6 +224,7 @@ impl Runner {
             parts.identity.id.clone(),
             parts.identity.name.clone(),
         );
+        let rollback_window = parts.rollback_window;
         let mut runner = Runner {
             parts,
             version: String::new(),
@@ -177,6 +234,8 @@ impl Runner {
             consecutive_restarts: 0,
             seen,
             writer: Some(writer),
+            previous: None,
+            rollback_window,
         };
         let mut live = runner.fresh_instance().await?;
         live.begin_turn(None, Duration::from_secs(1));
@@ -187,7 +246,7 @@ impl Runner {
     }
 
     /// A new instance with `init` run and the last snapshot restored.
-    async fn fresh_instance(&mut self) -> anyhow::Result<Live> {
+    pub(super) async fn fresh_instance(&mut self) -> anyhow::Result<Live> {
         let p = &self.parts;
         let mut live = instantiate(&p.engine, &p.code, p.caps.clone(), p.limits).await?;
         let budget = p.limits.cpu_per_message.max(Duration::from_secs(1));
@@ -206,6 +265,7 @@ impl Runner {
 
     async fn run(&mut self, mut inbox: Inbox, mut control: mpsc::Receiver<Control>) {
         loop {
+            let window_closes = self.previous.as_ref().map(|p| p.retire_at);
             let (msg, via) = tokio::select! {
                 c = control.recv() => {
                     match c {
@@ -214,9 +274,17 @@ impl Runner {
                             self.parts.status.set_state(AgentState::Stopped);
                             let _ = done.send(());
                         }
+                        Some(request) => {
+                            self.control(request).await;
+                            continue;
+                        }
                         None => self.parts.status.set_state(AgentState::Stopped),
                     }
                     return;
+                }
+                _ = sleep_until(window_closes) => {
+                    self.retire_previous("the rollback window closed");
+                    continue;
                 }
                 Some(m) = next_from(&mut inbox.legacy) => (m, Via::Legacy),
                 Some(m) = next_from(&mut inbox.agent_ref) => (m, Via::AgentRef),
@@ -306,7 +374,7 @@ impl Runner {
 
     /// Re-creates the instance from the last snapshot, backing off when it keeps failing.
     /// False when the agent is marked failed.
-    async fn restart(&mut self) -> bool {
+    pub(super) async fn restart(&mut self) -> bool {
         self.parts.status.set_state(AgentState::Restarting);
         loop {
             self.consecutive_restarts += 1;
@@ -358,7 +426,7 @@ impl Runner {
     }
 
     /// Takes a snapshot (kept for restarts after a trap); returns it encoded for persisting.
-    async fn take_snapshot(&mut self) -> Option<Vec<u8>> {
+    pub(super) async fn take_snapshot(&mut self) -> Option<Vec<u8>> {
         self.since_snapshot = 0;
         let live = self.live.as_mut()?;
         live.begin_turn(
@@ -399,5 +467,13 @@ impl Runner {
             )
             .await;
         }
+    }
+}
+
+/// Waits until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

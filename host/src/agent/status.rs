@@ -1,9 +1,14 @@
 //! What the node and the control API can read about an agent without disturbing it.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// Events kept per agent for `host status`.
+const EVENTS_KEPT: usize = 20;
 
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -26,6 +31,15 @@ impl AgentState {
     }
 }
 
+/// Something that happened to an agent (an upgrade step, a rollback), as `host status`
+/// shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Event {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub text: String,
+}
+
 /// Live facts about an agent that the control API reads without disturbing it.
 #[derive(Default)]
 pub struct AgentStatus {
@@ -33,6 +47,12 @@ pub struct AgentStatus {
     pub restarts: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// The serving component's version and digest (they change on upgrade and rollback).
+    pub version: Mutex<String>,
+    pub digest: Mutex<String>,
+    /// The version kept warm for a rollback, while the rollback window is open.
+    pub previous_version: Mutex<Option<String>>,
+    events: Mutex<VecDeque<Event>>,
 }
 
 impl AgentStatus {
@@ -46,6 +66,35 @@ impl AgentStatus {
 
     pub(crate) fn set_error(&self, e: String) {
         *self.last_error.lock().expect("status lock") = Some(e);
+    }
+
+    pub(crate) fn set_serving(&self, version: &str, digest: &str, previous: Option<&str>) {
+        *self.version.lock().expect("status lock") = version.to_string();
+        *self.digest.lock().expect("status lock") = digest.to_string();
+        *self.previous_version.lock().expect("status lock") = previous.map(str::to_string);
+    }
+
+    /// Logs an event for `agent` and keeps it for `host status`.
+    pub(crate) fn record(&self, agent: &str, text: String) {
+        tracing::info!(agent = %agent, "{text}");
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut events = self.events.lock().expect("status lock");
+        if events.len() == EVENTS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(Event { at_ms, text });
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.events
+            .lock()
+            .expect("status lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -66,4 +115,9 @@ pub struct AgentSummary {
     pub dead_lettered: u64,
     pub subscriptions: Vec<String>,
     pub last_error: Option<String>,
+    /// The version kept warm for `host rollback`, if any.
+    #[serde(default)]
+    pub previous_version: Option<String>,
+    #[serde(default)]
+    pub events: Vec<Event>,
 }

@@ -84,6 +84,31 @@ pub enum Command {
         #[command(flatten)]
         control: ControlArg,
     },
+    /// Swap a running agent to a new component, carrying its state across (blue-green).
+    /// The old version stays warm for `host rollback` until promoted or the window closes.
+    Upgrade {
+        agent: String,
+        /// The new component (.wasm).
+        component: PathBuf,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// Go back to the version the last upgrade replaced, handing it the current state.
+    Rollback {
+        agent: String,
+        /// If the old version cannot read the new state, restore its state from the swap
+        /// instead (the effects of messages handled since are lost; the count is shown).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        control: ControlArg,
+    },
+    /// Keep the upgraded version and retire the one kept warm for rollback.
+    Promote {
+        agent: String,
+        #[command(flatten)]
+        control: ControlArg,
+    },
     /// Publish a message; with --wait, print the reply's payload.
     Send {
         subject: String,

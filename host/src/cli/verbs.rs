@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::Command;
+use crate::agent::upgrade::SwapReport;
 use crate::agent::AgentSummary;
 use crate::control::client::ControlClient;
 use crate::control::protocol::{Reply, Request};
@@ -58,6 +59,57 @@ pub async fn client_verb(command: Command) -> anyhow::Result<()> {
                 })
                 .await?;
             println!("unloaded '{agent}'");
+        }
+        Command::Upgrade {
+            agent,
+            component,
+            control,
+        } => {
+            if !component.is_file() {
+                anyhow::bail!("{} is not a file", component.display());
+            }
+            let req = Request::Upgrade {
+                name: agent,
+                component: absolute(&component)?,
+            };
+            let value = ControlClient::connect(&control.path())
+                .await?
+                .call(&req)
+                .await?;
+            let r: SwapReport = serde_json::from_value(value)?;
+            println!(
+                "upgraded '{}' v{} -> v{} ({} bytes of state, paused {} us); v{} kept warm for {} s: `host rollback {}` or `host promote {}`",
+                r.agent, r.from_version, r.to_version, r.state_bytes, r.pause_us, r.from_version, r.rollback_window_secs, r.agent, r.agent
+            );
+        }
+        Command::Rollback {
+            agent,
+            force,
+            control,
+        } => {
+            let value = ControlClient::connect(&control.path())
+                .await?
+                .call(&Request::Rollback { name: agent, force })
+                .await?;
+            let r: SwapReport = serde_json::from_value(value)?;
+            print!(
+                "rolled back '{}' v{} -> v{} (paused {} us)",
+                r.agent, r.from_version, r.to_version, r.pause_us
+            );
+            if r.lost_messages > 0 {
+                print!(
+                    "; forced: the effects of {} message(s) handled by v{} were lost",
+                    r.lost_messages, r.from_version
+                );
+            }
+            println!();
+        }
+        Command::Promote { agent, control } => {
+            let value = ControlClient::connect(&control.path())
+                .await?
+                .call(&Request::Promote { name: agent })
+                .await?;
+            println!("{}", value["text"].as_str().unwrap_or_default());
         }
         Command::List { json, control } => {
             let value = ControlClient::connect(&control.path())
@@ -188,8 +240,16 @@ fn print_status(value: &Value) {
             println!("listens    {}", sub.as_str().unwrap_or(""));
         }
     }
+    if let Some(p) = a["previous_version"].as_str() {
+        println!("warm       v{p} (kept for `host rollback`)");
+    }
     if let Some(e) = a["last_error"].as_str() {
         println!("last error {e}");
+    }
+    if let Some(events) = a["events"].as_array() {
+        for e in events {
+            println!("event      {}", e["text"].as_str().unwrap_or_default());
+        }
     }
     if let Some(g) = value["grants"].as_str() {
         println!();

@@ -12,6 +12,21 @@ pub enum Request {
     Unload {
         name: String,
     },
+    /// Swap an agent to a new component, carrying its state across.
+    Upgrade {
+        name: String,
+        component: std::path::PathBuf,
+    },
+    /// Go back to the version the last upgrade replaced.
+    Rollback {
+        name: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Keep the upgraded version; retire the one kept warm.
+    Promote {
+        name: String,
+    },
     List,
     Status {
         name: String,

@@ -117,6 +117,14 @@ pub async fn handle(node: &Node, req: Request) -> Response {
         Request::Load(load) => node.load(load).await.map(Response::ok),
         Request::Unload { name } => node.unload(&name).await.map(Response::ok),
         Request::List => Ok(Response::ok(node.list().await)),
+        Request::Upgrade { name, component } => {
+            node.upgrade(&name, &component).await.map(Response::ok)
+        }
+        Request::Rollback { name, force } => node.rollback(&name, force).await.map(Response::ok),
+        Request::Promote { name } => node
+            .promote(&name)
+            .await
+            .map(|text| Response::ok(serde_json::json!({ "text": text }))),
         Request::Status { name } => match node.status(&name).await {
             Ok(summary) => {
                 let grants = node.grants(&name).await.unwrap_or_default();
