@@ -20,11 +20,16 @@ use crate::capabilities::{
 use crate::config::NodeConfig;
 use crate::engine::Engine;
 use crate::manifest::Manifest;
-use crate::storage::{EmbeddedKv, KvBackend, Quota};
+use crate::storage::{EmbeddedKv, KvBackend, Quota, SyncPolicy};
 use crate::telemetry::Metrics;
 
 /// How long the version an upgrade replaced stays warm for `host rollback`.
 pub const ROLLBACK_WINDOW: Duration = Duration::from_secs(600);
+
+/// How soon an agent's KV writes (and snapshots) become durable: a crash loses at most the
+/// writes of this window. (JetStream's file store makes the same trade with its sync
+/// interval; a graceful stop flushes everything.)
+pub const KV_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What `host load` asks for.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -75,8 +80,10 @@ impl Node {
                 .unwrap_or(usize::MAX)
                 .max(1024),
         ));
-        let store: Arc<dyn KvBackend> =
-            Arc::new(EmbeddedKv::open(&config.node.data_dir.join("kv.redb"))?);
+        let store: Arc<dyn KvBackend> = Arc::new(EmbeddedKv::open_with(
+            &config.node.data_dir.join("kv.redb"),
+            SyncPolicy::Interval(KV_SYNC_INTERVAL),
+        )?);
         Ok(Arc::new(Node {
             config,
             engine,
@@ -395,6 +402,9 @@ impl Node {
         let handles: Vec<AgentHandle> = self.agents.lock().await.drain().map(|(_, h)| h).collect();
         futures::future::join_all(handles.into_iter().map(AgentHandle::stop)).await;
         self.metrics.set_agents(0);
+        if let Err(e) = self.store.sync().await {
+            tracing::error!("cannot flush the kv store to disk: {e}");
+        }
     }
 
     /// Whether every agent is running (for /health).

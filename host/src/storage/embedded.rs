@@ -36,6 +36,77 @@ const LAST_REVISION: &str = "last_revision";
 pub struct EmbeddedKv {
     db: Arc<Database>,
     path: PathBuf,
+    sync: SyncPolicy,
+    flusher: Option<Flusher>,
+}
+
+/// When writes reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Every write is flushed to disk (fsync) before it returns.
+    EveryWrite,
+    /// Writes return once committed; a background flush makes them durable at most this
+    /// long after (as JetStream's file store does with its sync interval). A crash loses at
+    /// most the writes of this window; closing the store flushes everything.
+    Interval(std::time::Duration),
+}
+
+/// The background thread that makes `Interval` writes durable.
+struct Flusher {
+    dirty: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn start(db: Arc<Database>, every: std::time::Duration) -> Flusher {
+        use std::sync::atomic::Ordering;
+        let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let thread = {
+            let (dirty, stop) = (dirty.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("kv-flush".into())
+                .spawn(move || loop {
+                    let stopping = {
+                        let (lock, wake) = &*stop;
+                        let guard = lock.lock().expect("flusher lock");
+                        let (guard, _) = wake.wait_timeout(guard, every).expect("flusher lock");
+                        *guard
+                    };
+                    if dirty.swap(false, Ordering::AcqRel) {
+                        if let Err(e) = flush(&db) {
+                            tracing::error!("kv store: flushing to disk failed: {e}");
+                            dirty.store(true, Ordering::Release);
+                        }
+                    }
+                    if stopping {
+                        return;
+                    }
+                })
+                .expect("spawn kv flush thread")
+        };
+        Flusher { dirty, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Flusher {
+    /// Makes every write durable before the store closes.
+    fn drop(&mut self) {
+        let (lock, wake) = &*self.stop;
+        *lock.lock().expect("flusher lock") = true;
+        wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// An empty durable commit: makes all earlier non-durable commits durable.
+fn flush(db: &Database) -> Result<(), KvError> {
+    let mut txn = db.begin_write().or_kv("flush")?;
+    txn.set_durability(Durability::Immediate).or_kv("flush")?;
+    txn.commit().or_kv("flush")
 }
 
 impl EmbeddedKv {
@@ -44,6 +115,11 @@ impl EmbeddedKv {
     /// Blocking (file I/O); call it at startup. Fails with a message naming the path, since
     /// the usual causes (unwritable data dir, a second host on the same dir) are fixed there.
     pub fn open(path: &Path) -> Result<EmbeddedKv, KvError> {
+        Self::open_with(path, SyncPolicy::EveryWrite)
+    }
+
+    /// Opens the store with the given [`SyncPolicy`].
+    pub fn open_with(path: &Path, sync: SyncPolicy) -> Result<EmbeddedKv, KvError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 KvError::Unavailable(format!(
@@ -66,10 +142,12 @@ impl EmbeddedKv {
         txn.open_table(USAGE).or_kv("creating tables")?;
         txn.open_table(META).or_kv("creating tables")?;
         txn.commit().or_kv("creating tables")?;
-        Ok(EmbeddedKv {
-            db: Arc::new(db),
-            path: path.to_path_buf(),
-        })
+        let db = Arc::new(db);
+        let flusher = match sync {
+            SyncPolicy::EveryWrite => None,
+            SyncPolicy::Interval(every) => Some(Flusher::start(db.clone(), every)),
+        };
+        Ok(EmbeddedKv { db, path: path.to_path_buf(), sync, flusher })
     }
 
     /// The file this store lives in, for logs and status output.
@@ -77,7 +155,8 @@ impl EmbeddedKv {
         &self.path
     }
 
-    /// Runs `op` in one durable write transaction on the blocking pool. `op` returns the
+    /// Runs `op` in one write transaction on the blocking pool (durable now or within the
+    /// sync interval, per the [`SyncPolicy`]). `op` returns the
     /// result and whether to commit; nothing is written unless it says so.
     async fn write<T, F>(&self, what: &'static str, op: F) -> Result<T, KvError>
     where
@@ -85,13 +164,19 @@ impl EmbeddedKv {
         F: FnOnce(&WriteTransaction) -> Result<(T, bool), KvError> + Send + 'static,
     {
         let db = Arc::clone(&self.db);
+        let (durability, dirty) = match (&self.sync, &self.flusher) {
+            (SyncPolicy::Interval(_), Some(f)) => (Durability::None, Some(f.dirty.clone())),
+            _ => (Durability::Immediate, None),
+        };
         let task = tokio::task::spawn_blocking(move || {
             let mut txn = db.begin_write().or_kv(what)?;
-            // Immediate is redb's default; stated so a successful write surely survives a crash.
-            txn.set_durability(Durability::Immediate).or_kv(what)?;
+            txn.set_durability(durability).or_kv(what)?;
             match op(&txn) {
                 Ok((out, true)) => {
                     txn.commit().or_kv(what)?;
+                    if let Some(dirty) = dirty {
+                        dirty.store(true, std::sync::atomic::Ordering::Release);
+                    }
                     Ok(out)
                 }
                 Ok((out, false)) => {
@@ -208,6 +293,13 @@ impl KvBackend for EmbeddedKv {
         quota: &Quota,
     ) -> Result<CasOutcome, KvError> {
         self.put(ns, key, Some(expected), value, quota).await
+    }
+
+    async fn sync(&self) -> Result<(), KvError> {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || flush(&db))
+            .await
+            .map_err(|e| KvError::Internal(format!("kv store: flush task failed: {e}")))?
     }
 
     async fn usage(&self, ns: &str) -> Result<Usage, KvError> {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tempfile::TempDir;
 
-use super::{CasOutcome, EmbeddedKv, KvBackend, KvError, Quota, Usage};
+use super::{CasOutcome, EmbeddedKv, KvBackend, KvError, Quota, SyncPolicy, Usage};
 
 const NS: &str = "agent-1";
 
@@ -358,4 +358,18 @@ async fn fifty_concurrent_cas_increments_end_at_exactly_fifty() {
     }
     let value = kv.get(NS, "counter").await.unwrap().unwrap().value;
     assert_eq!(u64::from_le_bytes(value.try_into().unwrap()), 50);
+}
+
+#[tokio::test]
+async fn with_a_sync_interval_writes_are_durable_after_the_store_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    {
+        let kv = EmbeddedKv::open_with(&path, SyncPolicy::Interval(std::time::Duration::from_millis(50))).unwrap();
+        for i in 0..100u64 {
+            kv.set("ns", "k", i.to_string().as_bytes(), &Quota::UNLIMITED).await.unwrap();
+        }
+    }
+    let kv = EmbeddedKv::open(&path).unwrap();
+    assert_eq!(kv.get("ns", "k").await.unwrap().unwrap().value, b"99");
 }

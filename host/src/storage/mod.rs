@@ -14,7 +14,7 @@ mod quota;
 #[cfg(test)]
 mod embedded_tests;
 
-pub use embedded::EmbeddedKv;
+pub use embedded::{EmbeddedKv, SyncPolicy};
 pub use keys::{validate_key, MAX_KEY_BYTES};
 
 /// A stored value together with the revision it was written at.
@@ -118,4 +118,9 @@ pub trait KvBackend: Send + Sync + 'static {
 
     /// Bytes and keys used by a namespace.
     async fn usage(&self, ns: &str) -> Result<Usage, KvError>;
+
+    /// Makes every write so far durable (a node calls it when it stops).
+    async fn sync(&self) -> Result<(), KvError> {
+        Ok(())
+    }
 }

@@ -5,7 +5,7 @@
 //! `request SUBJECT TEXT`, `ask AGENT COMMAND TEXT`, `fanout AGENT,AGENT,... TEXT`,
 //! `kv-set KEY VALUE`, `kv-get KEY`, `kv-list PREFIX`, `kv-cas KEY EXPECTED|none VALUE`,
 //! `config KEY`, `self`, `chat MODEL TEXT`, `seen`, `print TEXT` (stdout and stderr),
-//! `spin` (loops forever), `panic`, `fail`.
+//! `spin` (loops forever), `fill N` (N bytes of state), `panic`, `fail`.
 use std::time::Duration;
 
 use agent_sdk::prelude::*;
@@ -13,6 +13,9 @@ use agent_sdk::prelude::*;
 #[derive(Default, Serialize, Deserialize)]
 struct Probe {
     seen: u64,
+    /// Ballast to give the state a size (`fill N`), for upgrade benchmarks.
+    #[serde(default)]
+    blob: String,
 }
 
 impl Agent for Probe {
@@ -102,6 +105,11 @@ impl Agent for Probe {
                 llm::chat(a[0], &messages, &Default::default()).map(|c| c.text)
             }
             "seen" => Ok(self.seen.to_string()),
+            "fill" => {
+                let n: usize = rest.trim().parse().map_err(|e| AgentError::new(format!("fill {rest}: {e}")))?;
+                self.blob = "x".repeat(n);
+                Ok(n.to_string())
+            }
             "print" => {
                 println!("{rest}");
                 eprintln!("to stderr: {rest}");
