@@ -63,6 +63,8 @@ pub struct Node {
     pub bus: Arc<dyn Transport>,
     pub store: Arc<dyn KvBackend>,
     pub metrics: Arc<Metrics>,
+    /// LLM backends with their limiters and breakers, shared by every agent.
+    pub llm: Arc<crate::llm::LlmService>,
     directory: Arc<NodeDirectory>,
     agents: tokio::sync::Mutex<HashMap<String, AgentHandle>>,
 }
@@ -84,12 +86,19 @@ impl Node {
             &config.node.data_dir.join("kv.redb"),
             SyncPolicy::Interval(KV_SYNC_INTERVAL),
         )?);
+        let metrics = Arc::new(Metrics::new());
+        let llm = crate::llm::LlmService::new(
+            &config.llm,
+            config.defaults.host_call_timeout_ms,
+            metrics.clone(),
+        )?;
         Ok(Arc::new(Node {
             config,
             engine,
             bus,
             store,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            llm,
             directory: Arc::new(NodeDirectory::default()),
             agents: tokio::sync::Mutex::new(HashMap::new()),
         }))
@@ -293,11 +302,12 @@ impl Node {
                 },
                 backend: self.store.clone(),
             },
-            llm: LlmCtx {
-                identity: identity.clone(),
-                grants: manifest.llm.clone(),
-                metrics: metrics.clone(),
-            },
+            llm: LlmCtx::new(
+                identity.clone(),
+                manifest.llm.clone(),
+                metrics.clone(),
+                self.llm.clone(),
+            ),
             runtime: RuntimeCtx {
                 identity: identity.clone(),
                 config: manifest.config.clone(),

@@ -1,28 +1,71 @@
 //! `agent:host/llm`: chat, generate, embed.
 //!
-//! Grant: `[llm] models`. Until the node has an LLM backend configured, every permitted
-//! call answers `unavailable` naming the setting to add.
+//! Grant: `[llm] models` (and the budgets `max_tokens_per_minute`,
+//! `max_requests_per_minute`, `max_tokens_per_call`). A permitted call goes to the node's
+//! [`LlmService`], which routes it to a backend through the node-wide limiter and breaker.
+//! Time spent waiting for the backend is host time: it is not charged to the agent's CPU
+//! budget for the message.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::{HasData, Linker};
 
 use super::{deny, HostResult};
-use crate::agent::{AgentStore, Identity};
+use crate::agent::{AgentStore, Identity, Turn};
 use crate::bindings::agent::host::llm::{self, ChatMessage, Completion, Options};
 use crate::bindings::WitError;
+use crate::llm::{AgentLlm, LlmService, Request, Response};
 use crate::manifest::LlmGrants;
 use crate::telemetry::AgentMetrics;
 
+/// Longest model name accepted (Ollama names are far shorter).
+const MAX_MODEL_NAME: usize = 256;
+/// Most inputs one `embed` call may carry.
+pub const MAX_EMBED_INPUTS: usize = 1024;
+
+/// What the llm import of one agent needs; shared by all its instances, so the budgets
+/// are the agent's, not the instance's.
 pub struct LlmCtx {
     pub identity: Identity,
     pub grants: LlmGrants,
     pub metrics: Arc<AgentMetrics>,
+    pub service: Arc<LlmService>,
+    agent: AgentLlm,
 }
 
 impl LlmCtx {
+    pub fn new(
+        identity: Identity,
+        grants: LlmGrants,
+        metrics: Arc<AgentMetrics>,
+        service: Arc<LlmService>,
+    ) -> LlmCtx {
+        let agent = service.agent(
+            &identity.agent_ref,
+            &identity.name,
+            &grants,
+            &metrics.labels,
+        );
+        LlmCtx {
+            identity,
+            grants,
+            metrics,
+            service,
+            agent,
+        }
+    }
+
     // ---- manifest check ---------------------------------------------------------------
     fn check_model(&self, model: &str) -> Result<(), WitError> {
+        if model.is_empty()
+            || model.len() > MAX_MODEL_NAME
+            || model.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(WitError::Invalid(format!(
+                "{model:?} is not a model name; expected a name like \"llama3.2:1b\""
+            )));
+        }
         if self.grants.models.iter().any(|m| m == "*" || m == model) {
             return Ok(());
         }
@@ -36,20 +79,89 @@ impl LlmCtx {
         ))
     }
 
-    fn no_backend(&self) -> WitError {
-        WitError::Unavailable(
-            "this node has no LLM backend configured: set [llm] ollama_url in the node config or the OLLAMA_HOST environment variable".into(),
-        )
+    /// Runs one call: manifest check, argument check, then the service.
+    async fn call(&self, model: &str, request: Request) -> Result<Response, WitError> {
+        self.check_model(model)?;
+        check_request(&request)?;
+        self.service.call(&self.agent, model, request).await
     }
 
-    fn call<T>(&self, model: &str) -> Result<T, WitError> {
-        self.check_model(model)?;
-        Err(self.no_backend())
+    async fn complete(&self, model: &str, request: Request) -> Result<Completion, WitError> {
+        let started = Instant::now();
+        match self.call(model, request).await? {
+            Response::Text {
+                text,
+                model,
+                prompt_tokens,
+                completion_tokens,
+            } => Ok(Completion {
+                text,
+                model,
+                prompt_tokens,
+                completion_tokens,
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            }),
+            Response::Embeddings { .. } => Err(WitError::Internal(
+                "the backend answered a completion with embeddings".into(),
+            )),
+        }
     }
 }
 
+fn check_options(o: &Options) -> Result<(), WitError> {
+    if let Some(t) = o.temperature.filter(|t| !t.is_finite() || *t < 0.0) {
+        return Err(WitError::Invalid(format!(
+            "temperature {t} is out of range; expected 0 or more, like 0.7"
+        )));
+    }
+    if let Some(p) = o.top_p.filter(|p| !p.is_finite() || *p <= 0.0 || *p > 1.0) {
+        return Err(WitError::Invalid(format!(
+            "top-p {p} is out of range; expected more than 0 and at most 1, like 0.9"
+        )));
+    }
+    if o.max_tokens == Some(0) {
+        return Err(WitError::Invalid(
+            "max-tokens 0 would allow no answer; leave it unset or give a number like 512".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_request(r: &Request) -> Result<(), WitError> {
+    match r {
+        Request::Chat { messages, options } => {
+            if messages.is_empty() {
+                return Err(WitError::Invalid(
+                    "chat got no messages; send at least one user message".into(),
+                ));
+            }
+            check_options(options)
+        }
+        Request::Generate { options, .. } => check_options(options),
+        Request::Embed { inputs } if inputs.len() > MAX_EMBED_INPUTS => {
+            Err(WitError::Invalid(format!(
+                "embed got {} inputs; at most {MAX_EMBED_INPUTS} per call",
+                inputs.len()
+            )))
+        }
+        Request::Embed { .. } => Ok(()),
+    }
+}
+
+/// The llm import as seen from one call: the agent's context and its current turn.
 pub struct LlmView<'a> {
     ctx: &'a LlmCtx,
+    turn: &'a mut Turn,
+}
+
+impl<'a> LlmView<'a> {
+    pub fn of(store: &'a mut AgentStore) -> LlmView<'a> {
+        let AgentStore { caps, turn, .. } = store;
+        LlmView {
+            ctx: &caps.llm,
+            turn,
+        }
+    }
 }
 
 struct LlmData;
@@ -59,29 +171,53 @@ impl HasData for LlmData {
 }
 
 pub fn add_to_linker(linker: &mut Linker<AgentStore>) -> wasmtime::Result<()> {
-    llm::add_to_linker::<AgentStore, LlmData>(linker, |s| LlmView { ctx: &s.caps.llm })
+    llm::add_to_linker::<AgentStore, LlmData>(linker, |s| LlmView::of(s))
 }
 
 impl llm::Host for LlmView<'_> {
     async fn chat(
         &mut self,
         model: String,
-        _messages: Vec<ChatMessage>,
-        _options: Options,
+        messages: Vec<ChatMessage>,
+        options: Options,
     ) -> HostResult<Completion> {
-        Ok(self.ctx.call(&model))
+        let started = Instant::now();
+        let result = self
+            .ctx
+            .complete(&model, Request::Chat { messages, options })
+            .await;
+        self.turn.host_time += started.elapsed();
+        Ok(result)
     }
 
     async fn generate(
         &mut self,
         model: String,
-        _prompt: String,
-        _options: Options,
+        prompt: String,
+        options: Options,
     ) -> HostResult<Completion> {
-        Ok(self.ctx.call(&model))
+        let started = Instant::now();
+        let result = self
+            .ctx
+            .complete(&model, Request::Generate { prompt, options })
+            .await;
+        self.turn.host_time += started.elapsed();
+        Ok(result)
     }
 
-    async fn embed(&mut self, model: String, _inputs: Vec<String>) -> HostResult<Vec<Vec<f32>>> {
-        Ok(self.ctx.call(&model))
+    async fn embed(&mut self, model: String, inputs: Vec<String>) -> HostResult<Vec<Vec<f32>>> {
+        if inputs.is_empty() {
+            return Ok(self.ctx.check_model(&model).map(|_| Vec::new()));
+        }
+        let started = Instant::now();
+        let result = match self.ctx.call(&model, Request::Embed { inputs }).await {
+            Ok(Response::Embeddings { vectors, .. }) => Ok(vectors),
+            Ok(Response::Text { .. }) => Err(WitError::Internal(
+                "the backend answered an embedding with text".into(),
+            )),
+            Err(e) => Err(e),
+        };
+        self.turn.host_time += started.elapsed();
+        Ok(result)
     }
 }

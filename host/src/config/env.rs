@@ -5,7 +5,8 @@
 
 use std::path::PathBuf;
 
-use super::read::{check_stream_name, ollama_url};
+use super::llm::base_url;
+use super::read::check_stream_name;
 use super::{ConfigError, NodeConfig};
 
 /// Every variable the node reads, for docs and `host check`.
@@ -44,8 +45,7 @@ pub(super) fn apply(
         config.control.socket = Some(PathBuf::from(v));
     }
     if let Some(v) = get("OLLAMA_HOST") {
-        let url = ollama_url(&v).map_err(|e| ConfigError::in_env("OLLAMA_HOST", e))?;
-        config.llm.ollama_url = Some(url);
+        config.llm.ollama_url = base_url(&v).map_err(|e| ConfigError::in_env("OLLAMA_HOST", e))?;
     }
     if let Some(v) = get("OLLAMA_NUM_PARALLEL") {
         let n = number("OLLAMA_NUM_PARALLEL", &v, "2")?;

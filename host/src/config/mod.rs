@@ -12,6 +12,9 @@ use crate::manifest::render;
 
 mod env;
 pub(crate) mod fields;
+mod llm;
+
+pub use llm::{BackendEntry, BackendKind, LlmSection, DEFAULT_BACKEND, DEFAULT_OLLAMA_URL};
 
 pub use env::ENV_VARS;
 mod read;
@@ -88,15 +91,6 @@ pub struct DefaultLimits {
     pub host_call_timeout_ms: u64,
 }
 
-/// Where LLM calls go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LlmSection {
-    /// Ollama base URL with scheme; `None` means LLM calls report `unavailable`.
-    pub ollama_url: Option<String>,
-    /// LLM calls in flight at once across all agents.
-    pub num_parallel: u32,
-}
-
 /// The message bus backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsSection {
@@ -152,15 +146,6 @@ impl Default for DefaultLimits {
             cpu_ms_per_message: 200,
             max_message_bytes: 1 << 20,
             host_call_timeout_ms: 30_000,
-        }
-    }
-}
-
-impl Default for LlmSection {
-    fn default() -> Self {
-        LlmSection {
-            ollama_url: None,
-            num_parallel: 2,
         }
     }
 }

@@ -7,8 +7,8 @@ use toml::Table;
 
 use super::fields::{FieldError, Section};
 use super::{
-    AgentEntry, ControlSection, DefaultLimits, EngineSection, HttpSection, LlmSection, NatsSection,
-    NodeConfig, NodeSection,
+    AgentEntry, ControlSection, DefaultLimits, EngineSection, HttpSection, NatsSection, NodeConfig,
+    NodeSection,
 };
 use crate::subjects::validate_name;
 use crate::units::format_bytes;
@@ -31,7 +31,7 @@ pub(super) fn node_config(
         http: http(&root)?,
         engine,
         defaults,
-        llm: llm(&root)?,
+        llm: super::llm::llm(&root)?,
         nats: nats(&root)?,
         agents: agents(&root, source)?,
     })
@@ -186,44 +186,6 @@ fn defaults(root: &Section, engine: &EngineSection) -> Result<DefaultLimits, Fie
             )?
             .unwrap_or(d.host_call_timeout_ms),
     })
-}
-
-fn llm(root: &Section) -> Result<LlmSection, FieldError> {
-    let s = root.section("llm", &["ollama_url", "num_parallel"])?;
-    let ollama_url = match s.string("ollama_url", "\"http://127.0.0.1:11434\"")? {
-        None => None,
-        Some(text) => Some(ollama_url(&text).map_err(|e| s.error("ollama_url", e))?),
-    };
-    Ok(LlmSection {
-        ollama_url,
-        num_parallel: s
-            .positive("num_parallel", "2", "no LLM call could ever run")?
-            .unwrap_or(LlmSection::default().num_parallel),
-    })
-}
-
-/// Normalizes an Ollama address: `host:port` gets `http://`, a trailing `/` is dropped.
-/// Accepts what `OLLAMA_HOST` usually holds, so the same value works in file and env.
-pub(super) fn ollama_url(text: &str) -> Result<String, String> {
-    let trimmed = text.trim().trim_end_matches('/');
-    let expected =
-        "expected a URL like \"http://127.0.0.1:11434\" or a host:port like \"127.0.0.1:11434\"";
-    if trimmed.is_empty() {
-        return Err(format!("is empty; {expected}"));
-    }
-    let url = match trimmed.split_once("://") {
-        None => format!("http://{trimmed}"),
-        Some(("http" | "https", rest)) if !rest.is_empty() => trimmed.to_string(),
-        Some((scheme, _)) => {
-            return Err(format!(
-                "{text:?} has the scheme {scheme:?}; {expected} (http or https)"
-            ))
-        }
-    };
-    if url.chars().any(char::is_whitespace) {
-        return Err(format!("{text:?} contains whitespace; {expected}"));
-    }
-    Ok(url)
 }
 
 /// Checks a JetStream stream name: NATS refuses whitespace, `.`, `*`, `>` and path separators.

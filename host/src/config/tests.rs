@@ -65,13 +65,15 @@ fn no_file_means_the_documented_defaults() {
             host_call_timeout_ms: 30_000
         }
     );
+    assert_eq!(c.llm, LlmSection::default());
+    assert_eq!(c.llm.ollama_url, "http://127.0.0.1:11434");
+    assert_eq!(c.llm.num_parallel, 2);
+    assert_eq!(c.llm.queue_capacity, 64);
     assert_eq!(
-        c.llm,
-        LlmSection {
-            ollama_url: None,
-            num_parallel: 2
-        }
+        c.llm.timeout_ms, None,
+        "falls back to defaults.host_call_timeout_ms"
     );
+    assert!(c.llm.backends.is_empty());
     assert_eq!(
         c.nats,
         NatsSection {
@@ -150,7 +152,7 @@ manifest = "/etc/agents/sage.toml"
     assert_eq!(c.defaults.memory, 32 << 20);
     assert_eq!(c.defaults.max_message_bytes, 256 << 10);
     assert_eq!(c.defaults.host_call_timeout_ms, 1000);
-    assert_eq!(c.llm.ollama_url.as_deref(), Some("http://gpu:11434"));
+    assert_eq!(c.llm.ollama_url, "http://gpu:11434");
     assert_eq!(c.llm.num_parallel, 4);
     assert_eq!(c.nats.url.as_deref(), Some("nats://bus:4222"));
     assert_eq!(c.nats.stream_name, "MSGS");
@@ -203,7 +205,7 @@ fn default_memory_may_not_exceed_the_engine_slot() {
 #[test]
 fn ollama_url_accepts_host_port_and_refuses_other_schemes() {
     let c = parse("[llm]\nollama_url = \"gpu:11434/\"").unwrap();
-    assert_eq!(c.llm.ollama_url.as_deref(), Some("http://gpu:11434"));
+    assert_eq!(c.llm.ollama_url, "http://gpu:11434");
     let err = error_of("[llm]\nollama_url = \"ftp://gpu\"");
     assert!(
         err.contains("field llm.ollama_url: \"ftp://gpu\" has the scheme \"ftp\""),
@@ -340,9 +342,9 @@ fn host_control_env_overrides_the_socket_path() {
 #[test]
 fn ollama_host_env_gets_a_scheme_when_it_has_none() {
     let c = with_env(&[("OLLAMA_HOST", "127.0.0.1:11434")]).unwrap();
-    assert_eq!(c.llm.ollama_url.as_deref(), Some("http://127.0.0.1:11434"));
+    assert_eq!(c.llm.ollama_url, "http://127.0.0.1:11434");
     let c = with_env(&[("OLLAMA_HOST", "https://llm.example.com")]).unwrap();
-    assert_eq!(c.llm.ollama_url.as_deref(), Some("https://llm.example.com"));
+    assert_eq!(c.llm.ollama_url, "https://llm.example.com");
     let err = env_error("OLLAMA_HOST", "tcp://x:1");
     assert!(
         err.starts_with("environment variable OLLAMA_HOST: \"tcp://x:1\" has the scheme"),
@@ -381,4 +383,90 @@ fn nats_env_sets_url_and_stream() {
 fn empty_env_values_count_as_unset() {
     let vars: Vec<(&str, &str)> = ENV_VARS.iter().map(|v| (*v, "")).collect();
     assert_eq!(with_env(&vars).unwrap(), NodeConfig::default());
+}
+
+#[test]
+fn llm_backends_route_models_to_openai_compatible_servers() {
+    let c = parse(
+        r#"
+[llm]
+num_parallel = 3
+queue_capacity = 8
+timeout_ms = 60000
+connect_timeout_ms = 500
+retries = 1
+backoff_ms = 50
+breaker_failures = 4
+breaker_cooldown_ms = 2000
+[[llm.backends]]
+name = "vllm"
+kind = "openai"
+url = "127.0.0.1:8000/"
+models = ["qwen2.5:7b", "mistral"]
+num_parallel = 8
+api_key_env = "VLLM_API_KEY"
+"#,
+    )
+    .unwrap();
+    let l = &c.llm;
+    assert_eq!(l.ollama_url, DEFAULT_OLLAMA_URL);
+    assert_eq!(
+        (
+            l.num_parallel,
+            l.queue_capacity,
+            l.timeout_ms,
+            l.connect_timeout_ms
+        ),
+        (3, 8, Some(60_000), 500)
+    );
+    assert_eq!(
+        (
+            l.retries,
+            l.backoff_ms,
+            l.breaker_failures,
+            l.breaker_cooldown_ms
+        ),
+        (1, 50, 4, 2000)
+    );
+    assert_eq!(
+        l.backends,
+        vec![BackendEntry {
+            name: "vllm".into(),
+            kind: BackendKind::OpenAi,
+            url: "http://127.0.0.1:8000".into(),
+            models: vec!["qwen2.5:7b".into(), "mistral".into()],
+            num_parallel: Some(8),
+            api_key_env: Some("VLLM_API_KEY".into()),
+        }]
+    );
+}
+
+#[test]
+fn bad_llm_backends_name_the_field_and_what_is_expected() {
+    let backend = |extra: &str| {
+        format!("[[llm.backends]]\nname = \"vllm\"\nkind = \"openai\"\nurl = \"http://x:8000\"\nmodels = [\"m\"]\n{extra}")
+    };
+    let cases = [
+        ("[[llm.backends]]\nkind = \"openai\"".to_string(), "field llm.backends[0].name: missing"),
+        (backend("").replace("openai", "grpc"), "field llm.backends[0].kind: \"grpc\" is not a backend kind; expected \"openai\" or \"ollama\""),
+        (backend("").replace("http://x:8000", "ftp://x"), "field llm.backends[0].url: \"ftp://x\" has the scheme \"ftp\""),
+        (backend("").replace("[\"m\"]", "[]"), "field llm.backends[0].models: is empty or missing"),
+        (backend("").replace("[\"m\"]", "[\"*\"]"), "field llm.backends[0].models[0]: \"*\" is not a model name"),
+        (backend("port = 1"), "field llm.backends[0].port: unknown field \"port\""),
+        (backend("num_parallel = 0"), "field llm.backends[0].num_parallel: 0 is not allowed"),
+        (backend("api_key_env = \"$KEY\""), "field llm.backends[0].api_key_env: \"$KEY\" is not an environment variable name"),
+        (backend("").replace("vllm", "ollama"), "field llm.backends[0].name: \"ollama\" is already taken"),
+        (format!("{}{}", backend(""), backend("").replace("vllm", "other")), "field llm.backends[1].models[0]: model \"m\" is already served by backend \"vllm\""),
+        ("[llm]\ntimeout_ms = 0".to_string(), "field llm.timeout_ms: 0 is not allowed"),
+        ("[llm]\nbreaker_failures = 0".to_string(), "field llm.breaker_failures: 0 is not allowed"),
+        ("[llm]\nretries = -1".to_string(), "field llm.retries: -1 is negative"),
+    ];
+    for (text, expected) in cases {
+        let err = error_of(&text);
+        assert!(err.starts_with("config configs/node.toml: "), "{err}");
+        assert!(
+            err.contains(expected),
+            "{text}\n=> {err}\nexpected: {expected}"
+        );
+    }
 }

@@ -6,6 +6,8 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
+pub use crate::llm::metrics::{LlmAgentMetrics, LlmFamilies};
+
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -41,6 +43,8 @@ pub struct Metrics {
     agents: Gauge,
     rss_bytes: Gauge<u64, AtomicU64>,
     bus_dropped: Gauge<u64, AtomicU64>,
+    /// LLM calls, tokens, queue waits and breaker states (see [`LlmFamilies`]).
+    pub llm: LlmFamilies,
 }
 
 /// The metric handles of one agent.
@@ -84,6 +88,7 @@ impl Metrics {
             agents: Gauge::default(),
             rss_bytes: Gauge::default(),
             bus_dropped: Gauge::default(),
+            llm: LlmFamilies::default(),
         };
         registry.register(
             "messages_handled",
@@ -131,6 +136,7 @@ impl Metrics {
             "Messages the bus dropped for slow subscribers",
             m.bus_dropped.clone(),
         );
+        m.llm.register(&mut registry);
         *m.registry.lock().expect("metrics registry lock") = registry;
         m
     }
@@ -162,6 +168,7 @@ impl Metrics {
         self.dropped.remove(labels);
         self.duplicates.remove(labels);
         self.latency.remove(labels);
+        self.llm.remove_agent(labels);
     }
 
     pub fn set_agents(&self, n: usize) {
