@@ -14,7 +14,10 @@ use agent_host::node::{LoadRequest, Node};
 const SWAPS: usize = 200;
 
 fn emit(metric: &str, value: f64, unit: &str) {
-    println!("{}", serde_json::json!({ "metric": metric, "value": (value * 1000.0).round() / 1000.0, "unit": unit }));
+    println!(
+        "{}",
+        serde_json::json!({ "metric": metric, "value": (value * 1000.0).round() / 1000.0, "unit": unit })
+    );
 }
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
@@ -35,13 +38,23 @@ fn plugins() -> PathBuf {
 }
 
 async fn ask(node: &Node, subject: &str, payload: String) -> String {
-    let reply = node.send(BusMessage::new(subject, payload), Some(Duration::from_secs(10))).await.unwrap().unwrap();
+    let reply = node
+        .send(
+            BusMessage::new(subject, payload),
+            Some(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
     String::from_utf8_lossy(&reply.payload).into_owned()
 }
 
 fn main() {
     let dir = plugins();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let tmp = tempfile::tempdir().unwrap();
         let mut cfg = NodeConfig::default();
@@ -50,7 +63,13 @@ fn main() {
         cfg.engine.max_agents = 16;
         let node = Node::start(cfg).await.unwrap();
         let probe = dir.join("probe.wasm");
-        node.load(LoadRequest { component: Some(probe.clone()), manifest: None, name: Some("probe".into()) }).await.unwrap();
+        node.load(LoadRequest {
+            component: Some(probe.clone()),
+            manifest: None,
+            name: Some("probe".into()),
+        })
+        .await
+        .unwrap();
 
         for (label, size) in [("1k", 1024usize), ("64k", 64 * 1024), ("1m", 1024 * 1024)] {
             ask(&node, "agent.to.probe.cmd", format!("fill {size}")).await;
@@ -63,8 +82,16 @@ fn main() {
                 rollbacks.push(started.elapsed().as_secs_f64() * 1000.0);
                 pauses.push(report.pause_us as f64 / 1000.0);
             }
-            emit(&format!("swap_pause_p50_ms_{label}"), percentile(pauses.clone(), 0.5), "ms");
-            emit(&format!("swap_pause_p99_ms_{label}"), percentile(pauses.clone(), 0.99), "ms");
+            emit(
+                &format!("swap_pause_p50_ms_{label}"),
+                percentile(pauses.clone(), 0.5),
+                "ms",
+            );
+            emit(
+                &format!("swap_pause_p99_ms_{label}"),
+                percentile(pauses.clone(), 0.99),
+                "ms",
+            );
             if label == "64k" {
                 emit("swap_pause_p50_ms", percentile(pauses.clone(), 0.5), "ms");
                 emit("swap_pause_p99_ms", percentile(pauses, 0.99), "ms");
@@ -75,12 +102,25 @@ fn main() {
         // Lost and duplicated messages while a client streams `add 1` requests through 100
         // swaps and rollbacks (64 requests in flight; replies must count 1, 2, 3, …).
         let (v1, v2) = (dir.join("counter.wasm"), dir.join("counter_v2.wasm"));
-        node.load(LoadRequest { component: Some(v1.clone()), manifest: None, name: Some("counter".into()) }).await.unwrap();
-        let mut replies = node.bus.subscribe("_INBOX.swapbench.>", 4096).await.unwrap();
+        node.load(LoadRequest {
+            component: Some(v1.clone()),
+            manifest: None,
+            name: Some("counter".into()),
+        })
+        .await
+        .unwrap();
+        let mut replies = node
+            .bus
+            .subscribe("_INBOX.swapbench.>", 4096)
+            .await
+            .unwrap();
         let publish = |i: u64| {
             let bus = node.bus.clone();
             async move {
-                let msg = BusMessage { reply_to: Some(format!("_INBOX.swapbench.{i}")), ..BusMessage::new("agent.to.counter.cmd", "add 1") };
+                let msg = BusMessage {
+                    reply_to: Some(format!("_INBOX.swapbench.{i}")),
+                    ..BusMessage::new("agent.to.counter.cmd", "add 1")
+                };
                 bus.publish(msg).await.unwrap();
             }
         };
@@ -93,7 +133,8 @@ fn main() {
                 }
             })
         };
-        let (mut sent, mut received, mut lost, mut duplicated, mut expected) = (0u64, 0u64, 0u64, 0u64, 1u64);
+        let (mut sent, mut received, mut lost, mut duplicated, mut expected) =
+            (0u64, 0u64, 0u64, 0u64, 1u64);
         let started = Instant::now();
         while sent < 64 {
             publish(sent).await;
@@ -103,7 +144,10 @@ fn main() {
             match tokio::time::timeout(Duration::from_secs(5), replies.next()).await {
                 Ok(Some(reply)) => {
                     received += 1;
-                    let count: u64 = std::str::from_utf8(&reply.payload).unwrap().parse().unwrap();
+                    let count: u64 = std::str::from_utf8(&reply.payload)
+                        .unwrap()
+                        .parse()
+                        .unwrap();
                     if count < expected {
                         duplicated += 1;
                     } else {

@@ -86,7 +86,11 @@ impl Flusher {
                 })
                 .expect("spawn kv flush thread")
         };
-        Flusher { dirty, stop, thread: Some(thread) }
+        Flusher {
+            dirty,
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -147,7 +151,12 @@ impl EmbeddedKv {
             SyncPolicy::EveryWrite => None,
             SyncPolicy::Interval(every) => Some(Flusher::start(db.clone(), every)),
         };
-        Ok(EmbeddedKv { db, path: path.to_path_buf(), sync, flusher })
+        Ok(EmbeddedKv {
+            db,
+            path: path.to_path_buf(),
+            sync,
+            flusher,
+        })
     }
 
     /// The file this store lives in, for logs and status output.

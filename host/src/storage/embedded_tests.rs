@@ -365,9 +365,15 @@ async fn with_a_sync_interval_writes_are_durable_after_the_store_closes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kv.redb");
     {
-        let kv = EmbeddedKv::open_with(&path, SyncPolicy::Interval(std::time::Duration::from_millis(50))).unwrap();
+        let kv = EmbeddedKv::open_with(
+            &path,
+            SyncPolicy::Interval(std::time::Duration::from_millis(50)),
+        )
+        .unwrap();
         for i in 0..100u64 {
-            kv.set("ns", "k", i.to_string().as_bytes(), &Quota::UNLIMITED).await.unwrap();
+            kv.set("ns", "k", i.to_string().as_bytes(), &Quota::UNLIMITED)
+                .await
+                .unwrap();
         }
     }
     let kv = EmbeddedKv::open(&path).unwrap();
