@@ -11,7 +11,10 @@ impl Agent for Counter {
     fn handle(&mut self, msg: Message) -> Result<()> {
         let text = msg.text()?.trim();
         if let Some(n) = text.strip_prefix("add ") {
-            self.count += n.trim().parse::<i64>().map_err(|e| AgentError::new(format!("add {n}: {e}")))?;
+            self.count += n
+                .trim()
+                .parse::<i64>()
+                .map_err(|e| AgentError::new(format!("add {n}: {e}")))?;
         } else if text != "get" {
             return Err(AgentError::new(format!("unknown command '{text}'")));
         }
@@ -19,7 +22,9 @@ impl Agent for Counter {
     }
 
     fn restore(&mut self, from_version: &str, _saved: &[u8]) -> Result<()> {
-        Err(AgentError::new(format!("this release cannot read the state of v{from_version}")))
+        Err(AgentError::new(format!(
+            "this release cannot read the state of v{from_version}"
+        )))
     }
 }
 

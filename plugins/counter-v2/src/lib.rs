@@ -16,7 +16,10 @@ struct CounterV1 {
 
 impl From<CounterV1> for Counter {
     fn from(v1: CounterV1) -> Self {
-        Counter { count: v1.count, adds: 0 }
+        Counter {
+            count: v1.count,
+            adds: 0,
+        }
     }
 }
 
@@ -24,14 +27,24 @@ impl Agent for Counter {
     fn handle(&mut self, msg: Message) -> Result<()> {
         let text = msg.text()?.trim();
         if let Some(n) = text.strip_prefix("add ") {
-            let n = n.trim().parse::<i64>().map_err(|e| AgentError::new(format!("add {n}: {e}")))?;
+            let n = n
+                .trim()
+                .parse::<i64>()
+                .map_err(|e| AgentError::new(format!("add {n}: {e}")))?;
             self.count += n;
             self.adds += 1;
             kv::set("count", self.count.to_string())?;
         } else if text == "stats" {
-            return msg.reply(format!("count={} adds={} version={}", self.count, self.adds, state::my_version()));
+            return msg.reply(format!(
+                "count={} adds={} version={}",
+                self.count,
+                self.adds,
+                state::my_version()
+            ));
         } else if text != "get" {
-            return Err(AgentError::new(format!("unknown command '{text}': expected 'add N', 'get' or 'stats'")));
+            return Err(AgentError::new(format!(
+                "unknown command '{text}': expected 'add N', 'get' or 'stats'"
+            )));
         }
         msg.reply(self.count.to_string())
     }

@@ -106,7 +106,10 @@ impl Agent for Probe {
             }
             "seen" => Ok(self.seen.to_string()),
             "fill" => {
-                let n: usize = rest.trim().parse().map_err(|e| AgentError::new(format!("fill {rest}: {e}")))?;
+                let n: usize = rest
+                    .trim()
+                    .parse()
+                    .map_err(|e| AgentError::new(format!("fill {rest}: {e}")))?;
                 self.blob = "x".repeat(n);
                 Ok(n.to_string())
             }
