@@ -3,7 +3,7 @@
 //! wall-clock timeout around all of it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::backend::{error_kind, http_client, Backend, Failure, Request, Response};
@@ -16,6 +16,7 @@ use super::openai::OpenAiBackend;
 use crate::bindings::WitError;
 use crate::config::{BackendKind, LlmSection, DEFAULT_BACKEND};
 use crate::manifest::LlmGrants;
+use crate::telemetry::metrics::AgentLabels;
 use crate::telemetry::Metrics;
 
 /// One backend with its limiter and breaker.
@@ -44,8 +45,10 @@ pub struct AgentLlm {
     /// The limiter's fairness key: one queue per agent.
     key: Arc<str>,
     budget: Budget,
-    /// Per backend, in slot order.
-    metrics: Vec<LlmAgentMetrics>,
+    labels: AgentLabels,
+    /// Per backend, in slot order; created on the first call, so agents that never use a
+    /// backend add no series to `/metrics`.
+    metrics: Vec<OnceLock<LlmAgentMetrics>>,
 }
 
 impl LlmService {
@@ -142,16 +145,13 @@ impl LlmService {
         agent_ref: &str,
         name: &str,
         grants: &LlmGrants,
-        labels: &crate::telemetry::metrics::AgentLabels,
+        labels: &AgentLabels,
     ) -> AgentLlm {
         AgentLlm {
             key: Arc::from(agent_ref),
             budget: Budget::new(name, grants),
-            metrics: self
-                .slots
-                .iter()
-                .map(|s| self.metrics.llm.for_agent(labels, &s.name))
-                .collect(),
+            labels: labels.clone(),
+            metrics: self.slots.iter().map(|_| OnceLock::new()).collect(),
         }
     }
 
@@ -164,7 +164,8 @@ impl LlmService {
     ) -> Result<Response, WitError> {
         let index = self.routes.get(model).copied().unwrap_or(0);
         let slot = &self.slots[index];
-        let m = &agent.metrics[index];
+        let m = agent.metrics[index]
+            .get_or_init(|| self.metrics.llm.for_agent(&agent.labels, &slot.name));
         m.calls.inc();
         let kind = request.kind();
         let result = self.call_on(slot, agent, m, model, request).await;
@@ -193,15 +194,16 @@ impl LlmService {
         model: &str,
         mut request: Request,
     ) -> Result<Response, WitError> {
+        // A refused call (breaker open) costs the agent nothing from its budgets.
+        slot.breaker
+            .check()
+            .map_err(|refused| WitError::Unavailable(refused.0))?;
         match request.options_mut() {
             Some(options) => options.max_tokens = agent.budget.admit(options.max_tokens)?,
             None => {
                 agent.budget.admit(None)?;
             }
         }
-        slot.breaker
-            .check()
-            .map_err(|refused| WitError::Unavailable(refused.0))?;
         match tokio::time::timeout(self.timeout, self.attempts(slot, agent, m, model, &request))
             .await
         {
