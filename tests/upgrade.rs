@@ -270,3 +270,36 @@ async fn under_load_100_swaps_and_rollbacks_lose_duplicate_and_reorder_nothing()
 }
 
 static UPGRADES_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[tokio::test]
+async fn the_old_version_is_retired_when_the_rollback_window_closes() {
+    let t = TestNode::start_with(|c| c.node.rollback_window_secs = 1).await;
+    counter_with(&t, "counter", &[3]).await;
+    t.node
+        .upgrade("counter", &plugin("counter_v2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        t.node
+            .status("counter")
+            .await
+            .unwrap()
+            .previous_version
+            .as_deref(),
+        Some("0.1.0")
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = t.node.status("counter").await.unwrap();
+    assert_eq!(status.previous_version, None);
+    assert!(
+        status
+            .events
+            .iter()
+            .any(|e| e.text.contains("rollback window closed")),
+        "{:?}",
+        status.events
+    );
+    assert!(t.node.rollback("counter", false).await.is_err());
+    assert_eq!(t.ask("agent.to.counter.cmd", "get").await, "3");
+    t.stop().await;
+}

@@ -23,14 +23,6 @@ use crate::manifest::Manifest;
 use crate::storage::{EmbeddedKv, KvBackend, Quota, SyncPolicy};
 use crate::telemetry::Metrics;
 
-/// How long the version an upgrade replaced stays warm for `host rollback`.
-pub const ROLLBACK_WINDOW: Duration = Duration::from_secs(600);
-
-/// How soon an agent's KV writes (and snapshots) become durable: a crash loses at most the
-/// writes of this window. (JetStream's file store makes the same trade with its sync
-/// interval; a graceful stop flushes everything.)
-pub const KV_SYNC_INTERVAL: Duration = Duration::from_millis(100);
-
 /// What `host load` asks for.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LoadRequest {
@@ -84,7 +76,10 @@ impl Node {
         ));
         let store: Arc<dyn KvBackend> = Arc::new(EmbeddedKv::open_with(
             &config.node.data_dir.join("kv.redb"),
-            SyncPolicy::Interval(KV_SYNC_INTERVAL),
+            match config.node.kv_sync_ms {
+                0 => SyncPolicy::EveryWrite,
+                ms => SyncPolicy::Interval(Duration::from_millis(ms)),
+            },
         )?);
         let metrics = Arc::new(Metrics::new());
         let llm = crate::llm::LlmService::new(
@@ -195,7 +190,7 @@ impl Node {
             snapshot_every: self.config.node.snapshot_every,
             max_traps_per_message: self.config.node.max_traps_per_message.max(1),
             dedup_window: self.config.node.dedup_window,
-            rollback_window: ROLLBACK_WINDOW,
+            rollback_window: Duration::from_secs(self.config.node.rollback_window_secs),
         };
         let mut agents = self.agents.lock().await;
         self.check_capacity_and_unique(&agents, &manifest)?;

@@ -53,6 +53,11 @@ pub struct NodeSection {
     pub dedup_window: usize,
     /// Messages queued per agent before new ones are dropped and counted.
     pub mailbox_capacity: usize,
+    /// How long the version an upgrade replaced stays warm for `host rollback` (seconds).
+    pub rollback_window_secs: u64,
+    /// How soon KV writes and snapshots reach the disk (ms); 0 flushes every write. A crash
+    /// loses at most this window of writes; a graceful stop loses nothing.
+    pub kv_sync_ms: u64,
 }
 
 /// The local control API (DESIGN §9).
@@ -117,6 +122,8 @@ impl Default for NodeSection {
             max_traps_per_message: 3,
             dedup_window: 1024,
             mailbox_capacity: 4096,
+            rollback_window_secs: 600,
+            kv_sync_ms: 100,
         }
     }
 }

@@ -74,6 +74,8 @@ fn node(root: &Section, source: Option<&Path>) -> Result<NodeSection, FieldError
             "max_traps_per_message",
             "dedup_window",
             "mailbox_capacity",
+            "rollback_window_secs",
+            "kv_sync_ms",
         ],
     )?;
     let d = NodeSection::default();
@@ -106,6 +108,10 @@ fn node(root: &Section, source: Option<&Path>) -> Result<NodeSection, FieldError
         mailbox_capacity: s
             .positive("mailbox_capacity", "4096", "every message would be dropped")?
             .unwrap_or(d.mailbox_capacity),
+        rollback_window_secs: s
+            .uint("rollback_window_secs", "600")?
+            .unwrap_or(d.rollback_window_secs),
+        kv_sync_ms: s.uint("kv_sync_ms", "100")?.unwrap_or(d.kv_sync_ms),
     })
 }
 

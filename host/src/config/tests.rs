@@ -470,3 +470,16 @@ fn bad_llm_backends_name_the_field_and_what_is_expected() {
         );
     }
 }
+
+#[test]
+fn the_rollback_window_and_kv_sync_interval_are_configurable() {
+    let d = parse("").unwrap();
+    assert_eq!((d.node.rollback_window_secs, d.node.kv_sync_ms), (600, 100));
+    let c = parse("[node]\nrollback_window_secs = 30\nkv_sync_ms = 0\n").unwrap();
+    assert_eq!((c.node.rollback_window_secs, c.node.kv_sync_ms), (30, 0));
+    let e = error_of("[node]\nkv_sync_ms = -1\n");
+    assert!(
+        e.contains("node.kv_sync_ms") && e.contains("negative"),
+        "{e}"
+    );
+}
