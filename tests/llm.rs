@@ -8,6 +8,9 @@
 mod limits;
 #[path = "support/ollama.rs"]
 mod ollama;
+/// `[llm] stream = true`: reading Ollama's NDJSON stream.
+#[path = "llm/stream.rs"]
+mod stream;
 mod support;
 
 use std::sync::Arc;

@@ -41,6 +41,10 @@ pub struct Switches {
     pub split_chunks: bool,
     /// Every request takes this long before answering.
     pub delay: Duration,
+    /// Streams end without their final `"done": true` line.
+    pub cut_off: bool,
+    /// Streams go silent this long after their first line.
+    pub stall: Duration,
 }
 
 #[derive(Default)]
@@ -166,7 +170,7 @@ enum Outcome {
 }
 
 /// Records the request, waits the configured delay and picks the outcome for `model`.
-async fn begin(shared: &Arc<Shared>, path: &str, body: &Value) -> (InFlight, Outcome, bool) {
+async fn begin(shared: &Arc<Shared>, path: &str, body: &Value) -> (InFlight, Outcome, Switches) {
     let guard = InFlight::enter(shared);
     shared
         .bodies
@@ -191,18 +195,41 @@ async fn begin(shared: &Arc<Shared>, path: &str, body: &Value) -> (InFlight, Out
     } else {
         Outcome::Answer
     };
-    (guard, outcome, switches.split_chunks)
+    (guard, outcome, switches)
 }
 
-/// Writes `bytes` with status `status`, a few bytes per chunk when `split`.
-fn respond(status: StatusCode, content_type: &str, bytes: Vec<u8>, split: bool) -> Response {
-    let body = if split {
-        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-            bytes.chunks(5).map(|c| Ok(c.to_vec())).collect();
-        Body::from_stream(futures::stream::iter(chunks).then(|c| async move {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-            c
-        }))
+/// Writes `bytes` with status `status`: a few bytes per chunk when `split_chunks`, and
+/// silent for `stall` after the first line.
+fn respond(status: StatusCode, content_type: &str, bytes: Vec<u8>, s: &Switches) -> Response {
+    let body = if s.split_chunks || !s.stall.is_zero() {
+        let size = if s.split_chunks {
+            5
+        } else {
+            bytes.len().max(1)
+        };
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        if !s.stall.is_zero() {
+            let first = bytes
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(bytes.len(), |i| i + 1);
+            chunks.push(bytes[..first].to_vec());
+            chunks.extend(bytes[first..].chunks(size).map(<[u8]>::to_vec));
+        } else {
+            chunks.extend(bytes.chunks(size).map(<[u8]>::to_vec));
+        }
+        let stall = s.stall;
+        Body::from_stream(futures::stream::iter(chunks.into_iter().enumerate()).then(
+            move |(i, c)| async move {
+                let pause = if i == 1 {
+                    stall
+                } else {
+                    Duration::from_micros(200)
+                };
+                tokio::time::sleep(pause).await;
+                Ok::<_, std::io::Error>(c)
+            },
+        ))
     } else {
         Body::from(bytes)
     };
@@ -248,7 +275,8 @@ fn ollama_failure(outcome: &Outcome, model: &str) -> Option<Response> {
 
 /// Ollama's NDJSON stream: one line per word, then the final line with the counts (or an
 /// error line instead, when the runner dies).
-fn ndjson(model: &str, text: &str, prompt_tokens: u64, died: bool, chat: bool) -> Vec<u8> {
+fn ndjson(model: &str, text: &str, prompt_tokens: u64, s: &Switches, chat: bool) -> Vec<u8> {
+    let died = s.mid_stream_error;
     let mut out = Vec::new();
     let piece = |content: &str, done: bool| {
         let mut v = json!({ "model": model, "created_at": "2026-01-01T00:00:00Z", "done": done });
@@ -272,6 +300,9 @@ fn ndjson(model: &str, text: &str, prompt_tokens: u64, died: bool, chat: bool) -
             out.push(b'\n');
             return out;
         }
+    }
+    if s.cut_off {
+        return out;
     }
     let mut last = piece("", true);
     for (k, v) in totals(prompt_tokens, words(text)) {
@@ -315,7 +346,7 @@ fn chat_parts(messages: &[Value]) -> (Option<String>, String, u64) {
 }
 
 async fn ollama_chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
-    let (_guard, outcome, split) = begin(&shared, "/api/chat", &body).await;
+    let (_guard, outcome, switches) = begin(&shared, "/api/chat", &body).await;
     let model = body["model"].as_str().unwrap_or_default().to_string();
     let stream = body["stream"].as_bool().unwrap_or(true);
     let (system, user, prompt) = chat_parts(body["messages"].as_array().unwrap_or(&Vec::new()));
@@ -325,9 +356,8 @@ async fn ollama_chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>)
         body["options"]["num_predict"].as_u64(),
     );
     if stream && matches!(outcome, Outcome::Answer | Outcome::Died) {
-        let died = matches!(outcome, Outcome::Died);
-        let bytes = ndjson(&model, &text, prompt, died, true);
-        return respond(StatusCode::OK, "application/x-ndjson", bytes, split);
+        let bytes = ndjson(&model, &text, prompt, &switches, true);
+        return respond(StatusCode::OK, "application/x-ndjson", bytes, &switches);
     }
     if let Some(failure) = ollama_failure(&outcome, &model) {
         return failure;
@@ -343,22 +373,28 @@ async fn ollama_chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>)
         StatusCode::OK,
         "application/json",
         serde_json::to_vec(&v).unwrap(),
-        split,
+        &switches,
     )
 }
 
 async fn ollama_generate(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
-    let (_guard, outcome, split) = begin(&shared, "/api/generate", &body).await;
+    let (_guard, outcome, switches) = begin(&shared, "/api/generate", &body).await;
     let model = body["model"].as_str().unwrap_or_default().to_string();
-    if let Some(failure) = ollama_failure(&outcome, &model) {
-        return failure;
-    }
     let prompt = body["prompt"].as_str().unwrap_or_default();
     let text = answer(
         body["system"].as_str(),
         prompt,
         body["options"]["num_predict"].as_u64(),
     );
+    if body["stream"].as_bool().unwrap_or(true)
+        && matches!(outcome, Outcome::Answer | Outcome::Died)
+    {
+        let bytes = ndjson(&model, &text, words(prompt), &switches, false);
+        return respond(StatusCode::OK, "application/x-ndjson", bytes, &switches);
+    }
+    if let Some(failure) = ollama_failure(&outcome, &model) {
+        return failure;
+    }
     let mut v = json!({
         "model": model, "created_at": "2026-01-01T00:00:00Z", "response": text, "done": true,
     });
@@ -369,7 +405,7 @@ async fn ollama_generate(State(shared): State<Arc<Shared>>, Json(body): Json<Val
         StatusCode::OK,
         "application/json",
         serde_json::to_vec(&v).unwrap(),
-        split,
+        &switches,
     )
 }
 
@@ -390,7 +426,7 @@ fn inputs(body: &Value) -> Vec<String> {
 }
 
 async fn ollama_embed(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
-    let (_guard, outcome, split) = begin(&shared, "/api/embed", &body).await;
+    let (_guard, outcome, switches) = begin(&shared, "/api/embed", &body).await;
     let model = body["model"].as_str().unwrap_or_default().to_string();
     if let Some(failure) = ollama_failure(&outcome, &model) {
         return failure;
@@ -401,7 +437,7 @@ async fn ollama_embed(State(shared): State<Arc<Shared>>, Json(body): Json<Value>
         StatusCode::OK,
         "application/json",
         serde_json::to_vec(&v).unwrap(),
-        split,
+        &switches,
     )
 }
 
@@ -434,7 +470,7 @@ fn openai_failure(outcome: &Outcome, model: &str) -> Option<Response> {
 }
 
 async fn openai_chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
-    let (_guard, outcome, split) = begin(&shared, "/v1/chat/completions", &body).await;
+    let (_guard, outcome, switches) = begin(&shared, "/v1/chat/completions", &body).await;
     let model = body["model"].as_str().unwrap_or_default().to_string();
     if let Some(failure) = openai_failure(&outcome, &model) {
         return failure;
@@ -450,12 +486,12 @@ async fn openai_chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>)
         StatusCode::OK,
         "application/json",
         serde_json::to_vec(&v).unwrap(),
-        split,
+        &switches,
     )
 }
 
 async fn openai_embed(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
-    let (_guard, outcome, split) = begin(&shared, "/v1/embeddings", &body).await;
+    let (_guard, outcome, switches) = begin(&shared, "/v1/embeddings", &body).await;
     let model = body["model"].as_str().unwrap_or_default().to_string();
     if let Some(failure) = openai_failure(&outcome, &model) {
         return failure;
@@ -474,6 +510,6 @@ async fn openai_embed(State(shared): State<Arc<Shared>>, Json(body): Json<Value>
         StatusCode::OK,
         "application/json",
         serde_json::to_vec(&v).unwrap(),
-        split,
+        &switches,
     )
 }

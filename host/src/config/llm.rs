@@ -34,6 +34,12 @@ pub struct LlmSection {
     pub retries: u32,
     /// Delay before the first retry; doubles each time.
     pub backoff_ms: u64,
+    /// Ollama backends read answers as they are generated (`"stream": true`) instead of
+    /// waiting for the whole answer; then a runner that stops mid-answer is noticed after
+    /// `idle_timeout_ms` instead of `timeout_ms`, and its error line is reported.
+    pub stream: bool,
+    /// With `stream`: longest silence within an answer before the call gives up.
+    pub idle_timeout_ms: u64,
     /// Consecutive failures that open a backend's circuit breaker.
     pub breaker_failures: u32,
     /// How long an open breaker refuses calls before one probe may try the backend again.
@@ -86,6 +92,8 @@ impl Default for LlmSection {
             connect_timeout_ms: 2_000,
             retries: 2,
             backoff_ms: 100,
+            stream: false,
+            idle_timeout_ms: 30_000,
             breaker_failures: 5,
             breaker_cooldown_ms: 10_000,
             backends: Vec::new(),
@@ -101,6 +109,8 @@ const LLM_KEYS: &[&str] = &[
     "connect_timeout_ms",
     "retries",
     "backoff_ms",
+    "stream",
+    "idle_timeout_ms",
     "breaker_failures",
     "breaker_cooldown_ms",
     "backends",
@@ -164,6 +174,14 @@ pub(super) fn llm(root: &Section) -> Result<LlmSection, FieldError> {
             .unwrap_or(d.connect_timeout_ms),
         retries: s.uint("retries", "2")?.unwrap_or(d.retries),
         backoff_ms: s.uint("backoff_ms", "100")?.unwrap_or(d.backoff_ms),
+        stream: s.bool("stream")?.unwrap_or(d.stream),
+        idle_timeout_ms: s
+            .positive(
+                "idle_timeout_ms",
+                "30000",
+                "every streamed answer would time out",
+            )?
+            .unwrap_or(d.idle_timeout_ms),
         breaker_failures: s
             .positive(
                 "breaker_failures",

@@ -398,6 +398,8 @@ retries = 1
 backoff_ms = 50
 breaker_failures = 4
 breaker_cooldown_ms = 2000
+stream = true
+idle_timeout_ms = 5000
 [[llm.backends]]
 name = "vllm"
 kind = "openai"
@@ -428,6 +430,8 @@ api_key_env = "VLLM_API_KEY"
         ),
         (1, 50, 4, 2000)
     );
+    assert!(l.stream);
+    assert_eq!(l.idle_timeout_ms, 5000);
     assert_eq!(
         l.backends,
         vec![BackendEntry {
@@ -460,6 +464,8 @@ fn bad_llm_backends_name_the_field_and_what_is_expected() {
         ("[llm]\ntimeout_ms = 0".to_string(), "field llm.timeout_ms: 0 is not allowed"),
         ("[llm]\nbreaker_failures = 0".to_string(), "field llm.breaker_failures: 0 is not allowed"),
         ("[llm]\nretries = -1".to_string(), "field llm.retries: -1 is negative"),
+        ("[llm]\nstream = \"yes\"".to_string(), "field llm.stream: expected true or false"),
+        ("[llm]\nidle_timeout_ms = 0".to_string(), "field llm.idle_timeout_ms: 0 is not allowed"),
     ];
     for (text, expected) in cases {
         let err = error_of(&text);

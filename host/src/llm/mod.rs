@@ -11,6 +11,7 @@ pub mod breaker;
 pub mod budget;
 pub mod limiter;
 pub mod metrics;
+pub mod ndjson;
 pub mod ollama;
 pub mod openai;
 mod service;

@@ -12,8 +12,12 @@ use ollama_rs::generation::embeddings::request::{EmbeddingsInput, GenerateEmbedd
 use ollama_rs::generation::parameters::FormatType;
 use ollama_rs::models::ModelOptions;
 use ollama_rs::Ollama;
+use std::time::Duration;
+
+use futures::StreamExt as _;
 
 use super::backend::{estimate_tokens, reqwest_reason, Backend, Failure, Request, Response};
+use super::ndjson::{self, Event, Lines};
 use crate::bindings::agent::host::llm::{ChatMessage, Options, Role};
 use crate::bindings::WitError;
 
@@ -21,18 +25,33 @@ pub struct OllamaBackend {
     name: String,
     url: String,
     client: Ollama,
+    http: reqwest::Client,
+    /// `Some(idle timeout)`: chat and generate read Ollama's stream (see [`super::ndjson`]).
+    stream: Option<Duration>,
 }
 
 impl OllamaBackend {
-    /// `url` is a base URL like `http://127.0.0.1:11434` (a path prefix is kept).
-    pub fn new(name: &str, url: &str, http: reqwest::Client) -> Result<OllamaBackend, String> {
+    /// `url` is a base URL like `http://127.0.0.1:11434` (a path prefix is kept). With
+    /// `stream`, chat and generate read the answer as it is generated and give up when no
+    /// line arrives for that long.
+    pub fn new(
+        name: &str,
+        url: &str,
+        http: reqwest::Client,
+        stream: Option<Duration>,
+    ) -> Result<OllamaBackend, String> {
         // ollama-rs appends `api/chat` to the URL text, so it must end with '/'.
         let parsed = reqwest::Url::parse(&format!("{}/", url.trim_end_matches('/')))
             .map_err(|e| format!("LLM backend '{name}': {url:?} is not a URL ({e})"))?;
         Ok(OllamaBackend {
             name: name.to_string(),
             url: url.to_string(),
-            client: Ollama::builder().url(parsed).reqwest_client(http).build(),
+            client: Ollama::builder()
+                .url(parsed)
+                .reqwest_client(http.clone())
+                .build(),
+            http,
+            stream,
         })
     }
 
@@ -127,6 +146,122 @@ fn message(m: &ChatMessage) -> OllamaMessage {
     OllamaMessage::new(role, m.content.clone())
 }
 
+impl OllamaBackend {
+    /// Chat or generate with `"stream": true`, reading NDJSON lines as they arrive.
+    async fn streamed(&self, model: &str, request: &Request) -> Result<Response, Failure> {
+        let (path, mut body) = match request {
+            Request::Chat { messages, options } => {
+                let mut req = ChatMessageRequest::new(
+                    model.to_string(),
+                    messages.iter().map(message).collect(),
+                )
+                .options(model_options(options));
+                if options.json {
+                    req = req.format(FormatType::Json);
+                }
+                ("api/chat", serde_json::to_value(&req))
+            }
+            Request::Generate { prompt, options } => {
+                let mut req = GenerationRequest::new(model.to_string(), prompt.as_str())
+                    .options(model_options(options));
+                if options.json {
+                    req = req.format(FormatType::Json);
+                }
+                ("api/generate", serde_json::to_value(&req))
+            }
+            Request::Embed { .. } => unreachable!("embeddings are not streamed"),
+        };
+        let body = body
+            .as_mut()
+            .map(|b| {
+                b["stream"] = serde_json::Value::Bool(true);
+                b.take()
+            })
+            .map_err(|e| Failure::refused(WitError::Internal(format!("request JSON: {e}"))))?;
+        let url = format!("{}{path}", self.client.url_str());
+        let res = self
+            .http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| self.failure(model, OllamaError::ReqwestError(e)))?;
+        if !res.status().is_success() {
+            let text = res.text().await.unwrap_or_default();
+            return Err(self.classify_body(model, &text));
+        }
+        let idle = self.stream.unwrap_or(Duration::MAX);
+        let mut chunks = res.bytes_stream();
+        let mut lines = Lines::default();
+        let mut text = String::new();
+        loop {
+            let chunk = match tokio::time::timeout(idle, chunks.next()).await {
+                Err(_) => {
+                    tracing::warn!(backend = %self.name, "Ollama sent nothing for {} ms in the middle of an answer ([llm] idle_timeout_ms)", idle.as_millis());
+                    return Err(Failure::timed_out());
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    return Err(self.failure(model, OllamaError::ReqwestError(e)));
+                }
+                Ok(Some(Ok(bytes))) => bytes,
+            };
+            for line in lines.push(&chunk) {
+                if let Some(done) = self.event(model, &line, &mut text)? {
+                    return Ok(done);
+                }
+            }
+        }
+        if let Some(line) = lines.finish() {
+            if let Some(done) = self.event(model, &line, &mut text)? {
+                return Ok(done);
+            }
+        }
+        Err(Failure::broken(format!(
+            "the stream from Ollama (backend '{}') at {} ended without its final \"done\": true line; the answer was cut off after {} characters",
+            self.name,
+            self.url,
+            text.len()
+        )))
+    }
+
+    /// Applies one stream line; `Some` when it was the final one.
+    fn event(
+        &self,
+        model: &str,
+        line: &[u8],
+        text: &mut String,
+    ) -> Result<Option<Response>, Failure> {
+        match ndjson::parse(line)
+            .map_err(|why| Failure::broken(format!("Ollama (backend '{}'): {why}", self.name)))?
+        {
+            Event::Token(piece) => {
+                text.push_str(&piece);
+                Ok(None)
+            }
+            Event::Error(message) => Err(self.classify_body(model, &message)),
+            Event::Done {
+                model: answered,
+                prompt_tokens,
+                completion_tokens,
+                text: last,
+            } => {
+                text.push_str(&last);
+                Ok(Some(Response::Text {
+                    text: std::mem::take(text),
+                    model: if answered.is_empty() {
+                        model.to_string()
+                    } else {
+                        answered
+                    },
+                    prompt_tokens: count(Some(prompt_tokens)),
+                    completion_tokens: count(Some(completion_tokens)),
+                }))
+            }
+        }
+    }
+}
+
 fn count(n: Option<u64>) -> u32 {
     n.map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
 }
@@ -135,6 +270,9 @@ fn count(n: Option<u64>) -> u32 {
 impl Backend for OllamaBackend {
     async fn call(&self, model: &str, request: &Request) -> Result<Response, Failure> {
         match request {
+            Request::Chat { .. } | Request::Generate { .. } if self.stream.is_some() => {
+                self.streamed(model, request).await
+            }
             Request::Chat { messages, options } => {
                 let mut req = ChatMessageRequest::new(
                     model.to_string(),

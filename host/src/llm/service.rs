@@ -65,8 +65,11 @@ impl LlmService {
             .map_err(anyhow::Error::msg)?;
         let mut slots = Vec::with_capacity(config.backends.len() + 1);
         let mut routes = HashMap::new();
+        let stream = config
+            .stream
+            .then(|| Duration::from_millis(config.idle_timeout_ms));
         let default: Arc<dyn Backend> = Arc::new(
-            OllamaBackend::new(DEFAULT_BACKEND, &config.ollama_url, http.clone())
+            OllamaBackend::new(DEFAULT_BACKEND, &config.ollama_url, http.clone(), stream)
                 .map_err(anyhow::Error::msg)?,
         );
         let slot = |name: &str, kind, url: &str, parallel: u32, backend| {
@@ -106,7 +109,7 @@ impl LlmService {
             };
             let backend: Arc<dyn Backend> = match b.kind {
                 BackendKind::Ollama => Arc::new(
-                    OllamaBackend::new(&b.name, &b.url, http.clone())
+                    OllamaBackend::new(&b.name, &b.url, http.clone(), stream)
                         .map_err(anyhow::Error::msg)?,
                 ),
                 BackendKind::OpenAi => {
