@@ -4,6 +4,9 @@
 
 /// The limits that keep agents and backends safe: concurrency, fairness, queue, budgets,
 /// breaker, timeout.
+/// Backend details: missing counts, credentials.
+#[path = "llm/backends.rs"]
+mod backends;
 #[path = "llm/limits.rs"]
 mod limits;
 #[path = "support/ollama.rs"]

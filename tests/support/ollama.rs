@@ -45,6 +45,8 @@ pub struct Switches {
     pub cut_off: bool,
     /// Streams go silent this long after their first line.
     pub stall: Duration,
+    /// Answers leave out `prompt_eval_count`, as Ollama does for a cached prompt.
+    pub cached_prompt: bool,
 }
 
 #[derive(Default)]
@@ -55,6 +57,8 @@ struct Shared {
     requests: AtomicUsize,
     /// (path, request body) of every request, in arrival order.
     bodies: Mutex<Vec<(String, Value)>>,
+    /// `Authorization` headers of OpenAI-style chat requests.
+    authorizations: Mutex<Vec<Option<String>>>,
 }
 
 /// The server; stops when dropped.
@@ -123,6 +127,11 @@ impl FakeOllama {
     /// The most requests that were ever in flight at once.
     pub fn max_in_flight(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The `Authorization` header of each `/v1/chat/completions` request.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.shared.authorizations.lock().unwrap().clone()
     }
 
     /// Request bodies received on `path`.
@@ -369,6 +378,9 @@ async fn ollama_chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>)
     for (k, val) in totals(prompt, words(&text)) {
         v[k] = val;
     }
+    if switches.cached_prompt {
+        v.as_object_mut().unwrap().remove("prompt_eval_count");
+    }
     respond(
         StatusCode::OK,
         "application/json",
@@ -469,7 +481,17 @@ fn openai_failure(outcome: &Outcome, model: &str) -> Option<Response> {
     )
 }
 
-async fn openai_chat(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
+async fn openai_chat(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    shared.authorizations.lock().unwrap().push(
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    );
     let (_guard, outcome, switches) = begin(&shared, "/v1/chat/completions", &body).await;
     let model = body["model"].as_str().unwrap_or_default().to_string();
     if let Some(failure) = openai_failure(&outcome, &model) {

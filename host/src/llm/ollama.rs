@@ -287,10 +287,19 @@ impl Backend for OllamaBackend {
                     .send_chat_messages(req)
                     .await
                     .map_err(|e| self.failure(model, e))?;
-                // Ollama omits the counts of a prompt it had cached; then ollama-rs has none.
-                let (prompt, completion) = r.final_data.map_or((0, 0), |d| {
-                    (count(Some(d.prompt_eval_count)), count(Some(d.eval_count)))
-                });
+                // Ollama omits `prompt_eval_count` for a prompt it had cached, and then
+                // ollama-rs drops all counts: estimate them, so budgets still hold.
+                let (prompt, completion) = match r.final_data {
+                    Some(d) => (count(Some(d.prompt_eval_count)), count(Some(d.eval_count))),
+                    None => {
+                        let asked: Vec<String> =
+                            messages.iter().map(|m| m.content.clone()).collect();
+                        (
+                            estimate_tokens(&asked),
+                            estimate_tokens(std::slice::from_ref(&r.message.content)),
+                        )
+                    }
+                };
                 Ok(Response::Text {
                     text: r.message.content,
                     model: r.model,
