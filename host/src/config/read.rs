@@ -211,7 +211,17 @@ pub(super) fn check_stream_name(text: &str) -> Result<(), String> {
 }
 
 fn nats(root: &Section) -> Result<NatsSection, FieldError> {
-    let s = root.section("nats", &["url", "stream_name"])?;
+    let s = root.section(
+        "nats",
+        &[
+            "url",
+            "stream_name",
+            "kv_bucket",
+            "kv_replicas",
+            "connect_timeout_ms",
+        ],
+    )?;
+    let d = NatsSection::default();
     let url = match s.string("url", "\"nats://127.0.0.1:4222\"")? {
         Some(url) if url.trim().is_empty() => {
             return Err(s.error(
@@ -223,9 +233,49 @@ fn nats(root: &Section) -> Result<NatsSection, FieldError> {
     };
     let stream_name = s
         .string("stream_name", "\"AGENT_MESSAGES\"")?
-        .unwrap_or(NatsSection::default().stream_name);
+        .unwrap_or(d.stream_name);
     check_stream_name(&stream_name).map_err(|e| s.error("stream_name", e))?;
-    Ok(NatsSection { url, stream_name })
+    let kv_bucket = s
+        .string("kv_bucket", "\"AGENT_KV\"")?
+        .unwrap_or(d.kv_bucket);
+    check_bucket_name(&kv_bucket).map_err(|e| s.error("kv_bucket", e))?;
+    let kv_replicas = s
+        .positive("kv_replicas", "3", "a bucket needs at least one copy")?
+        .unwrap_or(d.kv_replicas);
+    if kv_replicas > 5 {
+        return Err(s.error(
+            "kv_replicas",
+            format!("{kv_replicas} is more than JetStream allows; expected 1 to 5"),
+        ));
+    }
+    Ok(NatsSection {
+        url,
+        stream_name,
+        kv_bucket,
+        kv_replicas,
+        connect_timeout_ms: s
+            .positive(
+                "connect_timeout_ms",
+                "5000",
+                "no connection could ever be made",
+            )?
+            .unwrap_or(d.connect_timeout_ms),
+    })
+}
+
+/// Checks a JetStream KV bucket name: NATS allows only `A-Z a-z 0-9 _ -`.
+pub(super) fn check_bucket_name(text: &str) -> Result<(), String> {
+    let expected = "expected a name like \"AGENT_KV\" (only A-Z a-z 0-9 _ -)";
+    if text.is_empty() {
+        return Err(format!("is empty; {expected}"));
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
+    {
+        return Err(format!("{text:?} contains {c:?}; {expected}"));
+    }
+    Ok(())
 }
 
 fn agents(root: &Section, source: Option<&Path>) -> Result<Vec<AgentEntry>, FieldError> {

@@ -78,7 +78,10 @@ fn no_file_means_the_documented_defaults() {
         c.nats,
         NatsSection {
             url: None,
-            stream_name: "AGENT_MESSAGES".into()
+            stream_name: "AGENT_MESSAGES".into(),
+            kv_bucket: "AGENT_KV".into(),
+            kv_replicas: 1,
+            connect_timeout_ms: 5000,
         }
     );
     assert!(c.agents.is_empty());
@@ -124,6 +127,9 @@ num_parallel = 4
 [nats]
 url = "nats://bus:4222"
 stream_name = "MSGS"
+kv_bucket = "FLEET_KV"
+kv_replicas = 3
+connect_timeout_ms = 1500
 [[agents]]
 manifest = "agents/echo.toml"
 [[agents]]
@@ -156,6 +162,11 @@ manifest = "/etc/agents/sage.toml"
     assert_eq!(c.llm.num_parallel, 4);
     assert_eq!(c.nats.url.as_deref(), Some("nats://bus:4222"));
     assert_eq!(c.nats.stream_name, "MSGS");
+    assert_eq!(
+        (c.nats.kv_bucket.as_str(), c.nats.kv_replicas),
+        ("FLEET_KV", 3)
+    );
+    assert_eq!(c.nats.connect_timeout_ms, 1500);
     let manifests: Vec<_> = c.agents.iter().map(|a| a.manifest.clone()).collect();
     assert_eq!(
         manifests,
@@ -233,6 +244,9 @@ fn bad_values_name_the_field_and_what_is_expected() {
         ("[llm]\nnum_parallel = 0", "field llm.num_parallel: 0 is not allowed"),
         ("[nats]\nurl = \"\"", "field nats.url: is empty; expected a URL like \"nats://127.0.0.1:4222\""),
         ("[nats]\nstream_name = \"agent.messages\"", "field nats.stream_name: \"agent.messages\" contains '.'; expected a name like \"AGENT_MESSAGES\""),
+        ("[nats]\nkv_bucket = \"agent.kv\"", "field nats.kv_bucket: \"agent.kv\" contains '.'; expected a name like \"AGENT_KV\" (only A-Z a-z 0-9 _ -)"),
+        ("[nats]\nkv_replicas = 7", "field nats.kv_replicas: 7 is more than JetStream allows; expected 1 to 5"),
+        ("[nats]\nconnect_timeout_ms = 0", "field nats.connect_timeout_ms: 0 is not allowed"),
         ("[[agents]]\nfile = \"a.toml\"", "field agents[0].file: unknown field \"file\" in [agents[0]]; expected one of manifest"),
         ("[[agents]]\nmanifest = \"a.toml\"\n[[agents]]\n", "field agents[1].manifest: missing; add manifest = \"agents/echo.toml\""),
         ("agents = \"a.toml\"", "field agents: expected a list of [[agents]] tables, found the string \"a.toml\""),

@@ -1,0 +1,36 @@
+//! What every benchmark shares: the JSON line per metric, percentiles, and building the
+//! real plugins the benchmarks load.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Prints one metric as a JSON line (`{"metric":…,"value":…,"unit":…}`).
+pub fn emit(metric: &str, value: f64, unit: &str) {
+    println!(
+        "{}",
+        serde_json::json!({ "metric": metric, "value": (value * 1000.0).round() / 1000.0, "unit": unit })
+    );
+}
+
+/// The `p` quantile (0.0–1.0) of `values` (sorted in place).
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[((values.len() - 1) as f64 * p).round() as usize]
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    percentile(&mut values, 0.5)
+}
+
+/// Builds every plugin for wasm32-wasip2 and returns the folder of the `.wasm` files.
+pub fn build_plugins() -> PathBuf {
+    let plugins = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .current_dir(&plugins)
+        .status()
+        .expect("cargo build plugins");
+    assert!(status.success(), "building plugins failed");
+    plugins.join("target/wasm32-wasip2/release")
+}

@@ -1,0 +1,13 @@
+//! The host on a real NATS server: the transport's contract, agents behaving exactly as on
+//! the embedded bus, any NATS client talking to them, and storage on JetStream KV.
+//!
+//! Every test starts its own nats-server (tests/support/nats.rs) on a free loopback port
+//! with a temp JetStream store and stops it at the end. Without a nats-server binary the
+//! tests are skipped loudly, or fail under CI=true.
+
+#[path = "support/nats.rs"]
+mod nats_server;
+mod support;
+/// The transport on its own.
+#[path = "nats/transport.rs"]
+mod transport;
