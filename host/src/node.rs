@@ -261,9 +261,16 @@ impl Node {
             .limits
             .cpu_ms_per_message
             .unwrap_or(d.cpu_ms_per_message);
+        // The capability modules time out their own calls at these bounds; the margin lets
+        // them answer `timeout` before the instance is abandoned for being blocked.
+        let call_ms = d
+            .host_call_timeout_ms
+            .max(self.config.llm.timeout_ms.unwrap_or(0));
+        let host_call_limit = Duration::from_millis(call_ms + (call_ms / 4).max(100));
         Ok(InstanceLimits {
             memory_bytes: memory,
             cpu_per_message: Duration::from_millis(cpu),
+            host_call_limit,
         })
     }
 

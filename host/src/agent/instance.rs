@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx};
 
+use super::limits::{call_hook, describe_trap, HostCallWatch, HostClock, LimitHit, Limiter};
 use super::native::{NativeFactory, NativeGuest};
 use super::stdio::LogStream;
 use super::{AgentCaps, AgentStore, CpuBudgetExceeded, Turn};
@@ -40,6 +41,8 @@ enum Guest {
 pub struct InstanceLimits {
     pub memory_bytes: u64,
     pub cpu_per_message: Duration,
+    /// Longest the instance may stay inside one host call before the call is abandoned.
+    pub host_call_limit: Duration,
 }
 
 /// A live instance and the store that owns its memory.
@@ -48,34 +51,59 @@ pub struct Live {
     guest: Guest,
 }
 
-/// The `guest` exports; the outer error is a trap (the instance is then unusable).
+/// The `guest` exports; the outer error is a trap (the instance is then unusable). Every
+/// call is bounded: CPU by the epoch deadline, time inside one host call by the watch.
 impl Live {
     pub async fn call_version(&mut self) -> wasmtime::Result<String> {
-        match &mut self.guest {
-            Guest::Wasm(b) => b.agent_host_guest().call_version(&mut self.store).await,
-            Guest::Native(n) => Ok(n.version()),
-        }
+        let watch = self.store.data().watch.clone();
+        let Live { store, guest } = self;
+        watch
+            .bound(async move {
+                match guest {
+                    Guest::Wasm(b) => b.agent_host_guest().call_version(store).await,
+                    Guest::Native(n) => Ok(n.version()),
+                }
+            })
+            .await
     }
 
     pub async fn call_init(&mut self, me: &AgentRef) -> wasmtime::Result<Result<(), String>> {
-        match &mut self.guest {
-            Guest::Wasm(b) => b.agent_host_guest().call_init(&mut self.store, me).await,
-            Guest::Native(_) => Ok(Ok(())),
-        }
+        let watch = self.store.data().watch.clone();
+        let Live { store, guest } = self;
+        watch
+            .bound(async move {
+                match guest {
+                    Guest::Wasm(b) => b.agent_host_guest().call_init(store, me).await,
+                    Guest::Native(_) => Ok(Ok(())),
+                }
+            })
+            .await
     }
 
     pub async fn call_handle(&mut self, msg: &Message) -> wasmtime::Result<Result<(), String>> {
-        match &mut self.guest {
-            Guest::Wasm(b) => b.agent_host_guest().call_handle(&mut self.store, msg).await,
-            Guest::Native(n) => Ok(n.handle(self.store.data_mut(), msg).await),
-        }
+        let watch = self.store.data().watch.clone();
+        let Live { store, guest } = self;
+        watch
+            .bound(async move {
+                match guest {
+                    Guest::Wasm(b) => b.agent_host_guest().call_handle(store, msg).await,
+                    Guest::Native(n) => Ok(n.handle(store.data_mut(), msg).await),
+                }
+            })
+            .await
     }
 
     pub async fn call_snapshot(&mut self) -> wasmtime::Result<Vec<u8>> {
-        match &mut self.guest {
-            Guest::Wasm(b) => b.agent_host_guest().call_snapshot(&mut self.store).await,
-            Guest::Native(n) => Ok(n.snapshot()),
-        }
+        let watch = self.store.data().watch.clone();
+        let Live { store, guest } = self;
+        watch
+            .bound(async move {
+                match guest {
+                    Guest::Wasm(b) => b.agent_host_guest().call_snapshot(store).await,
+                    Guest::Native(n) => Ok(n.snapshot()),
+                }
+            })
+            .await
     }
 
     pub async fn call_restore(
@@ -83,26 +111,40 @@ impl Live {
         from_version: &str,
         state: &[u8],
     ) -> wasmtime::Result<Result<(), String>> {
-        match &mut self.guest {
-            Guest::Wasm(b) => {
-                b.agent_host_guest()
-                    .call_restore(&mut self.store, from_version, state)
-                    .await
-            }
-            Guest::Native(n) => Ok(n.restore(from_version, state)),
-        }
+        let watch = self.store.data().watch.clone();
+        let Live { store, guest } = self;
+        watch
+            .bound(async move {
+                match guest {
+                    Guest::Wasm(b) => {
+                        b.agent_host_guest()
+                            .call_restore(store, from_version, state)
+                            .await
+                    }
+                    Guest::Native(n) => Ok(n.restore(from_version, state)),
+                }
+            })
+            .await
     }
 }
 
 impl Live {
     /// Opens a turn: sets what host calls check against and arms the CPU deadline.
     pub fn begin_turn(&mut self, reply_to: Option<String>, budget: Duration) {
-        let turn = &mut self.store.data_mut().turn;
+        let data = self.store.data_mut();
+        data.limits.begin_turn();
+        let turn = &mut data.turn;
         turn.reply_to = reply_to;
         turn.started = std::time::Instant::now();
         turn.host_time = Duration::ZERO;
+        turn.clock = HostClock::default();
         turn.cpu_budget = budget;
         self.store.set_epoch_deadline(1);
+    }
+
+    /// What a trap of the current call was, in words, and which limit it hit (if any).
+    pub fn describe_trap(&self, trap: &wasmtime::Error) -> (String, Option<LimitHit>) {
+        describe_trap(trap, self.store.data().limits.refused_in_turn())
     }
 }
 
@@ -122,33 +164,42 @@ pub async fn instantiate(
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .build();
-    let store_limits = StoreLimitsBuilder::new()
-        .memory_size(usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX))
-        .build();
+    let limiter = Limiter::new(&name, limits.memory_bytes, caps.messaging.metrics.clone());
+    let watch = HostCallWatch::new(limits.host_call_limit);
     let data = AgentStore {
         wasi,
         table: ResourceTable::new(),
-        limits: store_limits,
+        limits: limiter,
+        watch: watch.clone(),
         caps,
         turn: Turn::idle(),
     };
     let mut store = Store::new(engine.wasmtime(), data);
     store.limiter(|s| &mut s.limits);
+    store.call_hook(call_hook);
     store.epoch_deadline_callback(|ctx| {
         let turn = &ctx.data().turn;
         if turn.cpu_used() > turn.cpu_budget {
             let budget_ms = turn.cpu_budget.as_millis() as u64;
             return Err(CpuBudgetExceeded { budget_ms }.into());
         }
-        // Let other agents run on this worker thread, then keep going.
-        Ok(UpdateDeadline::Yield(1))
+        // Let other agents run on this worker thread, then keep going. `yield_now` puts the
+        // task at the back of the run queue; a plain wake would re-run it first.
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
     });
     // Instantiation runs the component's start code: bound it like a call.
     store.data_mut().turn.cpu_budget = limits.cpu_per_message.max(Duration::from_secs(1));
     store.data_mut().turn.started = std::time::Instant::now();
     store.set_epoch_deadline(1);
     let guest = match code {
-        Code::Wasm(compiled) => Guest::Wasm(compiled.pre.instantiate_async(&mut store).await?),
+        Code::Wasm(compiled) => Guest::Wasm(
+            watch
+                .bound(compiled.pre.instantiate_async(&mut store))
+                .await?,
+        ),
         Code::Native(factory) => Guest::Native(factory()),
     };
     Ok(Live { store, guest })

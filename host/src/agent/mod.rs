@@ -3,24 +3,25 @@
 mod dedup;
 mod inbox;
 pub mod instance;
+pub mod limits;
 pub mod native;
 pub mod runner;
 pub mod snapshots;
 pub mod status;
 mod stdio;
+mod supervisor;
 pub mod upgrade;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::StoreLimits;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::AgentRef;
 use crate::capabilities::{kv::KvCtx, llm::LlmCtx, messaging::MessagingCtx, runtime::RuntimeCtx};
 
 pub use runner::AgentHandle;
-pub use status::{AgentState, AgentStatus, AgentSummary};
+pub use status::{AgentState, AgentStatus, AgentSummary, LimitHitCounts};
 
 /// Who an agent is, as every capability sees it.
 #[derive(Clone, Debug)]
@@ -65,7 +66,12 @@ pub struct Turn {
     /// Reply-to of the message being handled: the agent may always publish there.
     pub reply_to: Option<String>,
     pub started: Instant,
+    /// Time the capability modules spent waiting on backends in this call. Components'
+    /// host time is measured for every host call by the call hook (`clock`); this is what
+    /// native handlers, which make no host calls, are credited with.
     pub host_time: Duration,
+    /// Host time of this call as the call hook measured it (see [`limits::call_hook`]).
+    pub clock: limits::HostClock,
     pub cpu_budget: Duration,
 }
 
@@ -75,13 +81,17 @@ impl Turn {
             reply_to: None,
             started: Instant::now(),
             host_time: Duration::ZERO,
+            clock: limits::HostClock::default(),
             cpu_budget: Duration::MAX,
         }
     }
 
-    /// Guest time used so far in this call.
+    /// Guest time used so far in this call. The hook's measure covers the capability
+    /// modules' own (it times every host call), so the larger of the two is the host time.
     pub fn cpu_used(&self) -> Duration {
-        self.started.elapsed().saturating_sub(self.host_time)
+        self.started
+            .elapsed()
+            .saturating_sub(self.host_time.max(self.clock.spent))
     }
 }
 
@@ -89,7 +99,9 @@ impl Turn {
 pub struct AgentStore {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: limits::Limiter,
+    /// Since when the instance is inside a host call, for the host-call time bound.
+    watch: Arc<limits::HostCallWatch>,
     pub(crate) caps: Arc<AgentCaps>,
     pub(crate) turn: Turn,
 }

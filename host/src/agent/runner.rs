@@ -1,6 +1,7 @@
 //! The task that runs one agent: it takes messages from the agent's subscriptions one at a
 //! time, calls `handle`, and supervises the instance (a trap re-creates it from the last
-//! snapshot, with backoff; a message that keeps trapping goes to the dead-letter subject).
+//! snapshot, with backoff; a message that keeps trapping goes to the dead-letter subject:
+//! see `supervisor.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,19 +14,14 @@ use super::dedup::SeenIds;
 use super::inbox::{next_from, Inbox, Via};
 use super::instance::{instantiate, Code, InstanceLimits, Live};
 use super::snapshots::{self, SnapshotWriter};
-use super::status::{AgentState, AgentStatus, AgentSummary};
+use super::status::{AgentState, AgentStatus, AgentSummary, LimitHitCounts};
 use super::upgrade::{Green, Previous, SwapReport};
 use super::{AgentCaps, Identity};
-use crate::bindings::Message;
-use crate::bus::{BusMessage, Transport};
-use crate::capabilities::messaging::to_wit_message;
+use crate::bus::Transport;
 use crate::engine::Engine;
 use crate::storage::KvBackend;
 use crate::subjects;
 use crate::telemetry::AgentMetrics;
-
-/// Restarts in a row without a successful message before an agent is marked failed.
-const MAX_CONSECUTIVE_RESTARTS: u32 = 8;
 
 /// Requests to a running agent from the node. The runner takes them between messages, so
 /// the in-flight message always finishes first.
@@ -107,6 +103,12 @@ impl AgentHandle {
             errors: m.errors.get(),
             traps: m.traps.get(),
             denied: m.denied.get(),
+            limit_hits: LimitHitCounts {
+                cpu: m.limits.cpu.get(),
+                memory: m.limits.memory.get(),
+                stack: m.limits.stack.get(),
+                host_call: m.limits.host_call.get(),
+            },
             restarts: self.status.restarts.load(Ordering::Relaxed),
             dead_lettered: self.status.dead_lettered.load(Ordering::Relaxed),
             subscriptions: self.subscriptions.clone(),
@@ -251,9 +253,15 @@ impl Runner {
         let mut live = instantiate(&p.engine, &p.code, p.caps.clone(), p.limits).await?;
         let budget = p.limits.cpu_per_message.max(Duration::from_secs(1));
         live.begin_turn(None, budget);
+        let name = &p.identity.name;
         live.call_init(&p.identity.wit_ref())
-            .await?
-            .map_err(|e| anyhow::anyhow!("init of agent '{}' failed: {e}", p.identity.name))?;
+            .await
+            .map_err(|trap| {
+                p.metrics.traps.inc();
+                let (text, _) = live.describe_trap(&trap);
+                anyhow::anyhow!("init of agent '{name}' trapped: {text}")
+            })?
+            .map_err(|e| anyhow::anyhow!("init of agent '{name}' failed: {e}"))?;
         if let Some((from_version, state)) = &self.last_snapshot {
             live.begin_turn(None, budget);
             if let Err(e) = live.call_restore(from_version, state).await? {
@@ -306,125 +314,6 @@ impl Runner {
         }
     }
 
-    /// Hands one message to `handle`, retrying after traps; false when the agent failed.
-    async fn deliver(&mut self, msg: BusMessage) -> bool {
-        let dead_letter_copy = msg.clone();
-        let wit_msg = to_wit_message(msg, None);
-        let mut traps = 0u32;
-        loop {
-            match self.handle_once(&wit_msg).await {
-                Ok(()) => break,
-                Err(trap) => {
-                    traps += 1;
-                    let text = format!("{trap:#}");
-                    tracing::error!(agent = %self.parts.identity.name, message = %wit_msg.id, attempt = traps, "trapped: {text}");
-                    self.parts.status.set_error(format!("trap: {text}"));
-                    if !self.restart().await {
-                        return false;
-                    }
-                    if traps >= self.parts.max_traps_per_message {
-                        self.dead_letter(dead_letter_copy, &text).await;
-                        break;
-                    }
-                }
-            }
-        }
-        self.since_snapshot += 1;
-        if self.parts.snapshot_every > 0 && self.since_snapshot >= self.parts.snapshot_every {
-            if let Some(encoded) = self.take_snapshot().await {
-                if let Some(writer) = &self.writer {
-                    writer.submit(encoded);
-                }
-            }
-        }
-        true
-    }
-
-    /// One `handle` call. Err only for a trap (the instance is then unusable).
-    async fn handle_once(&mut self, msg: &Message) -> anyhow::Result<()> {
-        let p = &self.parts;
-        let live = self
-            .live
-            .as_mut()
-            .expect("a live instance between restarts");
-        live.begin_turn(msg.reply_to.clone(), p.limits.cpu_per_message);
-        let started = Instant::now();
-        let result = live.call_handle(msg).await;
-        p.metrics.latency.observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(Ok(())) => {
-                p.metrics.handled.inc();
-                self.consecutive_restarts = 0;
-                Ok(())
-            }
-            Ok(Err(e)) => {
-                p.metrics.errors.inc();
-                tracing::debug!(agent = %p.identity.name, message = %msg.id, "handle returned an error: {e}");
-                p.status.set_error(format!("handle {}: {e}", msg.subject));
-                self.consecutive_restarts = 0;
-                Ok(())
-            }
-            Err(trap) => {
-                p.metrics.traps.inc();
-                self.live = None;
-                Err(trap.into())
-            }
-        }
-    }
-
-    /// Re-creates the instance from the last snapshot, backing off when it keeps failing.
-    /// False when the agent is marked failed.
-    pub(super) async fn restart(&mut self) -> bool {
-        self.parts.status.set_state(AgentState::Restarting);
-        loop {
-            self.consecutive_restarts += 1;
-            self.parts.status.restarts.fetch_add(1, Ordering::Relaxed);
-            if self.consecutive_restarts > MAX_CONSECUTIVE_RESTARTS {
-                tracing::error!(agent = %self.parts.identity.name, "restarted {MAX_CONSECUTIVE_RESTARTS} times in a row without handling a message; marking it failed");
-                self.parts.status.set_state(AgentState::Failed);
-                return false;
-            }
-            if self.consecutive_restarts > 1 {
-                let backoff =
-                    Duration::from_millis(10u64 << (self.consecutive_restarts - 2).min(8));
-                tokio::time::sleep(backoff).await;
-            }
-            match self.fresh_instance().await {
-                Ok(live) => {
-                    self.live = Some(live);
-                    self.parts.status.set_state(AgentState::Running);
-                    return true;
-                }
-                Err(e) => {
-                    tracing::error!(agent = %self.parts.identity.name, "restart failed: {e:#}");
-                    self.parts.status.set_error(format!("restart: {e:#}"));
-                }
-            }
-        }
-    }
-
-    async fn dead_letter(&mut self, msg: BusMessage, error: &str) {
-        let p = &self.parts;
-        p.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        let mut headers = msg.headers.clone();
-        headers.push((
-            subjects::ERROR_HEADER.to_string(),
-            error.replace(['\r', '\n'], " "),
-        ));
-        headers.push(("Agent-Original-Subject".to_string(), msg.subject.clone()));
-        let dlq = subjects::dead_letter(&p.identity.name);
-        let out = BusMessage {
-            subject: dlq.clone(),
-            reply_to: None,
-            headers,
-            payload: msg.payload,
-        };
-        tracing::warn!(agent = %p.identity.name, subject = %msg.subject, "message trapped {} times; sent to {dlq}", p.max_traps_per_message);
-        if let Err(e) = p.bus.publish(out).await {
-            tracing::error!(agent = %p.identity.name, "cannot publish to {dlq}: {e}");
-        }
-    }
-
     /// Takes a snapshot (kept for restarts after a trap); returns it encoded for persisting.
     pub(super) async fn take_snapshot(&mut self) -> Option<Vec<u8>> {
         self.since_snapshot = 0;
@@ -443,9 +332,11 @@ impl Runner {
                 Some(encoded)
             }
             Err(trap) => {
-                self.parts.metrics.traps.inc();
-                tracing::error!(agent = %self.parts.identity.name, "snapshot trapped: {trap:#}");
-                self.live = None;
+                let text = self.instance_trapped(&trap);
+                tracing::error!(agent = %self.parts.identity.name, "snapshot trapped: {text}");
+                self.parts
+                    .status
+                    .set_error(format!("snapshot trapped: {text}"));
                 let _ = self.restart().await;
                 None
             }

@@ -111,6 +111,9 @@ pub struct AgentSummary {
     pub errors: u64,
     pub traps: u64,
     pub denied: u64,
+    /// Limits the agent ran into since it was loaded.
+    #[serde(default)]
+    pub limit_hits: LimitHitCounts,
     pub restarts: u64,
     pub dead_lettered: u64,
     pub subscriptions: Vec<String>,
@@ -120,4 +123,17 @@ pub struct AgentSummary {
     pub previous_version: Option<String>,
     #[serde(default)]
     pub events: Vec<Event>,
+}
+
+/// How often an agent ran into each limit (`agent_host_limit_hits_total`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitHitCounts {
+    /// Calls stopped at `[limits] cpu_ms_per_message`.
+    pub cpu: u64,
+    /// Memory growths refused at `[limits] memory` (the agent saw an allocation failure).
+    pub memory: u64,
+    /// Calls trapped by a stack overflow.
+    pub stack: u64,
+    /// Calls abandoned while blocked in one host call for longer than the node allows.
+    pub host_call: u64,
 }

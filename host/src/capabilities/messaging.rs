@@ -123,12 +123,23 @@ impl MessagingCtx {
     /// A bus message from this agent: the sender header is always the host's.
     fn outgoing(&self, subject: String, headers: Vec<Header>, payload: Vec<u8>) -> BusMessage {
         let mut out: Vec<(String, String)> = Vec::with_capacity(headers.len() + 1);
-        out.extend(
-            headers
-                .into_iter()
-                .filter(|h| !h.key.eq_ignore_ascii_case(subjects::SENDER_HEADER))
-                .map(|h| (h.key, h.value)),
-        );
+        for h in headers {
+            if !h.key.eq_ignore_ascii_case(subjects::SENDER_HEADER) {
+                out.push((h.key, h.value));
+            } else if h.value != self.identity.agent_ref {
+                // The message still goes out, as this agent: report the forgery, refuse it.
+                deny(
+                    &self.identity,
+                    &self.metrics,
+                    format!(
+                        "agent '{}' may not set the {} header (it gave {:?}); the host stamps it with the sender's own reference",
+                        self.identity.name,
+                        subjects::SENDER_HEADER,
+                        h.value
+                    ),
+                );
+            }
+        }
         out.push((
             subjects::SENDER_HEADER.to_string(),
             self.identity.agent_ref.clone(),

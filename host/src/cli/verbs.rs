@@ -235,6 +235,14 @@ fn print_status(value: &Value) {
         n("restarts"),
         n("dead_lettered")
     );
+    let hits = |k: &str| a["limit_hits"][k].as_u64().unwrap_or(0);
+    println!(
+        "limits     {} over CPU budget, {} memory growths refused, {} stack overflows, {} blocked host calls",
+        hits("cpu"),
+        hits("memory"),
+        hits("stack"),
+        hits("host_call")
+    );
     if let Some(subs) = a["subscriptions"].as_array() {
         for sub in subs {
             println!("listens    {}", sub.as_str().unwrap_or(""));

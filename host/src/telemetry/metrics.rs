@@ -21,6 +21,14 @@ pub struct AgentLabels {
     pub cluster: String,
 }
 
+/// An agent and the limit it ran into (`cpu`, `memory`, `stack`, `host_call`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub agent: String,
+    pub cluster: String,
+    pub limit: &'static str,
+}
+
 type LatencyFamily = Family<AgentLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -39,6 +47,7 @@ pub struct Metrics {
     denied: Family<AgentLabels, Counter>,
     dropped: Family<AgentLabels, Counter>,
     duplicates: Family<AgentLabels, Counter>,
+    limit_hits: Family<LimitLabels, Counter>,
     latency: LatencyFamily,
     agents: Gauge,
     rss_bytes: Gauge<u64, AtomicU64>,
@@ -65,6 +74,26 @@ pub struct AgentMetrics {
     pub duplicates: Counter,
     /// Seconds `handle` took per message.
     pub latency: Histogram,
+    /// Times the agent ran into each of its limits.
+    pub limits: LimitHits,
+}
+
+/// Counters of the limits an agent ran into; each is also a trap except `memory` (a
+/// refused growth is an allocation failure the agent may handle).
+#[derive(Clone)]
+pub struct LimitHits {
+    /// Calls stopped at `[limits] cpu_ms_per_message`.
+    pub cpu: Counter,
+    /// Memory growths refused at `[limits] memory`.
+    pub memory: Counter,
+    /// Calls trapped by a stack overflow.
+    pub stack: Counter,
+    /// Calls abandoned while blocked in one host call for too long.
+    pub host_call: Counter,
+}
+
+impl LimitHits {
+    const KINDS: [&'static str; 4] = ["cpu", "memory", "stack", "host_call"];
 }
 
 impl Default for Metrics {
@@ -84,6 +113,7 @@ impl Metrics {
             denied: Family::default(),
             dropped: Family::default(),
             duplicates: Family::default(),
+            limit_hits: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             agents: Gauge::default(),
             rss_bytes: Gauge::default(),
@@ -121,6 +151,11 @@ impl Metrics {
             m.duplicates.clone(),
         );
         registry.register(
+            "limit_hits",
+            "Times an agent ran into a limit (cpu, memory, stack, host_call)",
+            m.limit_hits.clone(),
+        );
+        registry.register(
             "handle_seconds",
             "Time an agent's handle export took per message",
             m.latency.clone(),
@@ -155,8 +190,24 @@ impl Metrics {
             dropped: self.dropped.get_or_create(&labels).clone(),
             duplicates: self.duplicates.get_or_create(&labels).clone(),
             latency: self.latency.get_or_create(&labels).clone(),
+            limits: LimitHits {
+                cpu: self.limit_hit(&labels, "cpu"),
+                memory: self.limit_hit(&labels, "memory"),
+                stack: self.limit_hit(&labels, "stack"),
+                host_call: self.limit_hit(&labels, "host_call"),
+            },
             labels,
         })
+    }
+
+    fn limit_hit(&self, agent: &AgentLabels, limit: &'static str) -> Counter {
+        self.limit_hits
+            .get_or_create(&LimitLabels {
+                agent: agent.agent.clone(),
+                cluster: agent.cluster.clone(),
+                limit,
+            })
+            .clone()
     }
 
     /// Forgets an unloaded agent's series.
@@ -168,6 +219,13 @@ impl Metrics {
         self.dropped.remove(labels);
         self.duplicates.remove(labels);
         self.latency.remove(labels);
+        for limit in LimitHits::KINDS {
+            self.limit_hits.remove(&LimitLabels {
+                agent: labels.agent.clone(),
+                cluster: labels.cluster.clone(),
+                limit,
+            });
+        }
         self.llm.remove_agent(labels);
     }
 

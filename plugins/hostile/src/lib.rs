@@ -1,0 +1,293 @@
+//! A test agent that attacks the host it runs in. The text of each message picks the
+//! attack; when the agent survives it, it replies with what happened, so the tests can
+//! show that the host contained it (tests/hostile.rs).
+//!
+//! Commands (payload text):
+//! - `ping`: replies `pong` (tests use it to know the earlier messages were handled).
+//! - `spin`: loops forever; the CPU budget per message must stop it.
+//! - `alloc`: grows its memory 1 MiB at a time with fallible allocation until growth is
+//!   refused, then replies how far it got. `alloc abort`: the same with infallible
+//!   allocation, so the refusal aborts the instance (a trap).
+//! - `overflow`: unbounded recursion; the stack limit must trap it.
+//! - `trap`: panics.
+//! - `flood N SUBJECT`: publishes N messages to SUBJECT as fast as it can.
+//! - `big N SUBJECT`: publishes one message of N bytes.
+//! - `hoard`: writes 64 KiB values to its KV namespace until the host refuses.
+//! - `forbidden SUBJECT`: publishes where its manifest grants nothing.
+//! - `spoof SUBJECT AGENT-REF`: publishes with a forged `Agent-Ref` sender header.
+//! - `other-kv ID KEY`: tries every way it can think of to name key KEY of agent ID.
+//! - `fs`, `fs read PATH`, `fs write PATH TEXT`, `fs list PATH`: WASI file access via std.
+//! - `env`: reads the environment, arguments and working directory via std.
+//! - `net [ADDR]`: opens TCP and UDP sockets and resolves a name via std.
+//! - `sleep MS`: blocks in a WASI clock call (a host call) for MS milliseconds.
+//!
+//! Manifest `[config] init = "panic"` makes `init` panic always (the load is refused);
+//! `init = "panic-on-restart"` makes it panic on every start after the first (it leaves a
+//! mark in its KV namespace), so one trap turns into a crash loop.
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use agent_sdk::prelude::*;
+
+#[derive(Default, Serialize, Deserialize)]
+struct Hostile {
+    attacks: u64,
+}
+
+impl Agent for Hostile {
+    fn init(&mut self, _me: &AgentRef) -> Result<()> {
+        match runtime::config("init").as_deref() {
+            Some("panic") => panic!("hostile init was told to panic"),
+            Some("panic-on-restart") => {
+                if kv::get("booted")?.is_some() {
+                    panic!("hostile init panics on every restart");
+                }
+                kv::set("booted", "yes")?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: Message) -> Result<()> {
+        self.attacks += 1;
+        let text = msg.text()?.to_string();
+        let (verb, rest) = text.split_once(' ').unwrap_or((text.as_str(), ""));
+        let args: Vec<&str> = rest.split_whitespace().collect();
+        let outcome = match verb {
+            "ping" => "pong".to_string(),
+            "spin" => spin(),
+            "alloc" if rest.trim() == "abort" => alloc_abort(),
+            "alloc" => alloc(),
+            "overflow" => format!("overflow: returned {}", recurse(0, &mut [0; 64])),
+            "trap" => panic!("hostile was told to trap"),
+            "flood" => flood(&args),
+            "big" => big(&args),
+            "hoard" => hoard(),
+            "forbidden" => forbidden(args.first().copied().unwrap_or("agent.secret.stuff")),
+            "spoof" => spoof(&args),
+            "other-kv" => other_kv(&args),
+            "fs" => fs(&args, rest),
+            "env" => env(),
+            "net" => net(args.first().copied().unwrap_or("127.0.0.1:9")),
+            "sleep" => {
+                let ms: u64 = rest.trim().parse().unwrap_or(60_000);
+                std::thread::sleep(Duration::from_millis(ms));
+                format!("slept {ms} ms")
+            }
+            other => return Err(AgentError::new(format!("unknown attack '{other}'"))),
+        };
+        msg.reply(outcome)
+    }
+}
+
+fn spin() -> String {
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+/// Grows memory until the host refuses; the refusal must come back as a failed allocation.
+fn alloc() -> String {
+    const CHUNK: usize = 1 << 20;
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut chunk = Vec::new();
+        if chunk.try_reserve_exact(CHUNK).is_err() {
+            break;
+        }
+        held.push(std::hint::black_box(chunk));
+    }
+    format!("alloc: growth refused after {} MiB", held.len())
+}
+
+/// Grows memory with infallible allocation: the refusal aborts the instance.
+fn alloc_abort() -> String {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        held.push(std::hint::black_box(Vec::with_capacity(1 << 20)));
+        std::hint::black_box(&held);
+    }
+}
+
+/// Recurses without end (the depth check never holds), using wasm and shadow stack.
+#[inline(never)]
+fn recurse(depth: u64, pad: &mut [u8; 64]) -> u64 {
+    if depth == u64::MAX {
+        return 0;
+    }
+    pad[(depth % 64) as usize] = depth as u8;
+    let mut next = [0u8; 64];
+    let below = recurse(
+        std::hint::black_box(depth + 1),
+        std::hint::black_box(&mut next),
+    );
+    below + u64::from(pad[0]) + u64::from(next[1])
+}
+
+fn flood(args: &[&str]) -> String {
+    let n: u64 = args.first().and_then(|n| n.parse().ok()).unwrap_or(1000);
+    let subject = args.get(1).copied().unwrap_or("hostile.flood");
+    let mut sent = 0u64;
+    let mut first_error = None;
+    for i in 0..n {
+        match messaging::publish(subject, i.to_string()) {
+            Ok(()) => sent += 1,
+            Err(e) => {
+                first_error.get_or_insert_with(|| e.message().to_string());
+            }
+        }
+    }
+    match first_error {
+        None => format!("flood: published {sent} of {n}"),
+        Some(e) => format!("flood: published {sent} of {n}; first error: {e}"),
+    }
+}
+
+fn big(args: &[&str]) -> String {
+    let n: usize = args.first().and_then(|n| n.parse().ok()).unwrap_or(1 << 20);
+    let subject = args.get(1).copied().unwrap_or("hostile.big");
+    match messaging::publish(subject, vec![b'x'; n]) {
+        Ok(()) => format!("big: published {n} bytes"),
+        Err(e) => format!("big: refused: {}", e.message()),
+    }
+}
+
+fn hoard() -> String {
+    let value = vec![b'x'; 64 << 10];
+    for i in 0u32.. {
+        if let Err(e) = kv::set(&format!("hoard.{i}"), &value) {
+            return format!("hoard: stored {} KiB, then: {}", i * 64, e.message());
+        }
+    }
+    unreachable!("the loop only ends by returning")
+}
+
+fn forbidden(subject: &str) -> String {
+    match messaging::publish(subject, "stolen") {
+        Ok(()) => format!("forbidden: published to {subject}"),
+        Err(e) => format!("forbidden: refused: {}", e.message()),
+    }
+}
+
+fn spoof(args: &[&str]) -> String {
+    let subject = args.first().copied().unwrap_or("hostile.spoof");
+    let forged = args.get(1).copied().unwrap_or("default.echo.0");
+    let headers = [Header {
+        key: "Agent-Ref".to_string(),
+        value: forged.to_string(),
+    }];
+    match messaging::publish_with_headers(subject, &headers, "from someone else") {
+        Ok(()) => format!("spoof: published as {forged}"),
+        Err(e) => format!("spoof: refused: {}", e.message()),
+    }
+}
+
+/// Every spelling of "agent ID's key KEY" it can think of; each answer is reported.
+fn other_kv(args: &[&str]) -> String {
+    let id = args.first().copied().unwrap_or("unknown");
+    let key = args.get(1).copied().unwrap_or("secret");
+    let tries = [
+        format!("{id}/{key}"),
+        format!("../{id}/{key}"),
+        format!("{id}\0{key}"),
+        format!("/{id}/{key}"),
+        format!("{id}.{key}"),
+        format!("sys.snapshots/{id}"),
+        key.to_string(),
+    ];
+    let mut out = String::from("other-kv:");
+    for k in &tries {
+        let answer = match kv::get(k) {
+            Ok(Some(v)) => format!("FOUND {}", String::from_utf8_lossy(&v)),
+            Ok(None) => "none".to_string(),
+            Err(e) => format!("error {}", e.message()),
+        };
+        let _ = write!(out, "\n{k:?} -> {answer}");
+    }
+    match kv::list_keys("") {
+        Ok(keys) => {
+            let _ = write!(out, "\nlist-keys -> {keys:?}");
+        }
+        Err(e) => {
+            let _ = write!(out, "\nlist-keys -> error {}", e.message());
+        }
+    }
+    out
+}
+
+fn fs(args: &[&str], rest: &str) -> String {
+    let show = |r: std::io::Result<String>| match r {
+        Ok(text) => format!("OK {text}"),
+        Err(e) => format!("error {e}"),
+    };
+    let read = |p: &str| show(std::fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned()));
+    let list = |p: &str| {
+        show(std::fs::read_dir(p).map(|entries| {
+            let names: Vec<String> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.join(",")
+        }))
+    };
+    match args.first().copied() {
+        Some("read") => format!("fs read: {}", read(args.get(1).copied().unwrap_or("."))),
+        Some("list") => format!("fs list: {}", list(args.get(1).copied().unwrap_or("."))),
+        Some("write") => {
+            let path = args.get(1).copied().unwrap_or("hostile-was-here");
+            let text = rest.splitn(3, ' ').nth(2).unwrap_or("hostile was here");
+            format!(
+                "fs write: {}",
+                show(std::fs::write(path, text).map(|_| "written".into()))
+            )
+        }
+        _ => {
+            let mut out = String::from("fs:");
+            for p in ["/etc/passwd", "/proc/self/environ", "kv.redb", "../kv.redb"] {
+                let _ = write!(out, "\nread {p} -> {}", read(p));
+            }
+            for p in ["/", ".", ".."] {
+                let _ = write!(out, "\nlist {p} -> {}", list(p));
+            }
+            let written = std::fs::write("hostile-was-here", "x").map(|_| "written".into());
+            let _ = write!(out, "\nwrite hostile-was-here -> {}", show(written));
+            out
+        }
+    }
+}
+
+fn env() -> String {
+    let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+    let args: Vec<String> = std::env::args().collect();
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|e| format!("error {e}"));
+    let home = std::env::var("HOME").unwrap_or_else(|e| format!("error {e}"));
+    format!("env: vars {vars:?}; args {args:?}; cwd {cwd}; HOME {home}")
+}
+
+fn net(addr: &str) -> String {
+    use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+    let show = |r: std::io::Result<String>| match r {
+        Ok(text) => format!("OK {text}"),
+        Err(e) => format!("error {e}"),
+    };
+    let connect = match addr.parse() {
+        Ok(a) => {
+            show(TcpStream::connect_timeout(&a, Duration::from_secs(1)).map(|_| "connected".to_string()))
+        }
+        Err(e) => format!("error {e}"),
+    };
+    let listen = show(TcpListener::bind("127.0.0.1:0").map(|_| "listening".to_string()));
+    let udp = show(UdpSocket::bind("127.0.0.1:0").map(|_| "bound".to_string()));
+    let resolve = show(
+        ("localhost", 80)
+            .to_socket_addrs()
+            .map(|a| format!("{:?}", a.collect::<Vec<_>>())),
+    );
+    format!("net: connect {addr} -> {connect}\nlisten -> {listen}\nudp -> {udp}\nresolve localhost -> {resolve}")
+}
+
+export_agent!(Hostile);
