@@ -5,6 +5,12 @@
 //! with a temp JetStream store and stops it at the end. Without a nats-server binary the
 //! tests are skipped loudly, or fail under CI=true.
 
+/// Agents on a NATS node, and plain NATS clients talking to them.
+#[path = "nats/agents.rs"]
+mod agents;
+/// Storage on JetStream KV.
+#[path = "nats/kv.rs"]
+mod kv;
 #[path = "support/nats.rs"]
 mod nats_server;
 mod support;

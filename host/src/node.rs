@@ -13,14 +13,14 @@ use crate::agent::runner::{self, AgentControls, Control, RunnerParts};
 use crate::agent::upgrade::{Green, SwapReport};
 use crate::agent::AgentStatus;
 use crate::agent::{AgentCaps, AgentHandle, AgentSummary, Identity};
-use crate::bus::{BusMessage, EmbeddedBus, Transport};
+use crate::bus::{BusMessage, EmbeddedBus, NatsBus, NatsOptions, Transport};
 use crate::capabilities::{
     kv::KvCtx, llm::LlmCtx, messaging::Directory, messaging::MessagingCtx, runtime::RuntimeCtx,
 };
 use crate::config::NodeConfig;
 use crate::engine::Engine;
 use crate::manifest::Manifest;
-use crate::storage::{EmbeddedKv, KvBackend, Quota, SyncPolicy};
+use crate::storage::{EmbeddedKv, KvBackend, NatsKv, NatsKvOptions, Quota, SyncPolicy};
 use crate::telemetry::Metrics;
 
 /// What `host load` asks for.
@@ -62,25 +62,51 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts the node's services with embedded defaults (in-process bus, file KV store).
+    /// Starts the node's services: with `[nats] url` (env `NATS_URL`) set, the NATS
+    /// transport and JetStream KV (storage and snapshots shared by every node on the
+    /// cluster); otherwise the embedded defaults (in-process bus, file KV store).
     /// Agents listed in the config are loaded by [`Node::load_configured_agents`].
     pub async fn start(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&config.node.data_dir).map_err(|e| {
             anyhow::anyhow!("cannot create the data dir {}: {e}; set [node] data_dir or --data-dir to a writable folder", config.node.data_dir.display())
         })?;
         let engine = Engine::new(&config.engine)?;
-        let bus: Arc<dyn Transport> = Arc::new(EmbeddedBus::new(
-            usize::try_from(config.defaults.max_message_bytes)
-                .unwrap_or(usize::MAX)
-                .max(1024),
-        ));
-        let store: Arc<dyn KvBackend> = Arc::new(EmbeddedKv::open_with(
-            &config.node.data_dir.join("kv.redb"),
-            match config.node.kv_sync_ms {
-                0 => SyncPolicy::EveryWrite,
-                ms => SyncPolicy::Interval(Duration::from_millis(ms)),
-            },
-        )?);
+        let (bus, store): (Arc<dyn Transport>, Arc<dyn KvBackend>) = match &config.nats.url {
+            Some(url) => {
+                let timeout = Duration::from_millis(config.nats.connect_timeout_ms);
+                let nats = NatsBus::connect(&NatsOptions {
+                    url: url.clone(),
+                    connection_name: format!("agent-host {}", config.node.name),
+                    connect_timeout: timeout,
+                })
+                .await?;
+                let kv = NatsKv::open(
+                    nats.client().clone(),
+                    &NatsKvOptions {
+                        bucket: config.nats.kv_bucket.clone(),
+                        replicas: config.nats.kv_replicas as usize,
+                        timeout: timeout.max(Duration::from_secs(1)),
+                    },
+                )
+                .await?;
+                tracing::info!(%url, bucket = %kv.bucket(), "messaging on NATS, storage on JetStream KV");
+                (Arc::new(nats), Arc::new(kv))
+            }
+            None => (
+                Arc::new(EmbeddedBus::new(
+                    usize::try_from(config.defaults.max_message_bytes)
+                        .unwrap_or(usize::MAX)
+                        .max(1024),
+                )),
+                Arc::new(EmbeddedKv::open_with(
+                    &config.node.data_dir.join("kv.redb"),
+                    match config.node.kv_sync_ms {
+                        0 => SyncPolicy::EveryWrite,
+                        ms => SyncPolicy::Interval(Duration::from_millis(ms)),
+                    },
+                )?),
+            ),
+        };
         let metrics = Arc::new(Metrics::new());
         let llm = crate::llm::LlmService::new(
             &config.llm,

@@ -9,6 +9,7 @@
 
 mod embedded;
 mod keys;
+mod nats_kv;
 mod quota;
 
 #[cfg(test)]
@@ -16,6 +17,7 @@ mod embedded_tests;
 
 pub use embedded::{EmbeddedKv, SyncPolicy};
 pub use keys::{validate_key, MAX_KEY_BYTES};
+pub use nats_kv::{NatsKv, NatsKvOptions};
 
 /// A stored value together with the revision it was written at.
 ///

@@ -1,0 +1,301 @@
+//! Agents on a node whose bus is NATS behave exactly as on the embedded bus, and any NATS
+//! client (standing in for a service written in another language) can talk to them.
+
+use std::time::Duration;
+
+use agent_host::bus::BusMessage;
+use agent_host::node::Node;
+use futures::StreamExt;
+
+use super::nats_server::NatsServer;
+use super::transport::round_trip;
+use crate::support::{test_config, TestNode};
+
+/// A node on `server`, otherwise configured as the embedded-bus tests' nodes are.
+pub async fn node_on(server: &NatsServer) -> TestNode {
+    let url = server.url();
+    TestNode::start_with(move |c| c.nats.url = Some(url)).await
+}
+
+const PROBE_GRANTS: &str = r#"
+[agent]
+name = "probe"
+[messaging]
+publish = ["agent.broadcast.status"]
+send = ["echo", "counter"]
+"#;
+
+#[tokio::test]
+async fn echo_and_counter_answer_requests_through_the_node_as_on_the_embedded_bus() {
+    let Some(server) = NatsServer::start("nats echo and counter") else {
+        return;
+    };
+    let t = node_on(&server).await;
+    t.load("echo", "echo", "").await;
+    t.load("counter", "counter", "").await;
+    assert_eq!(
+        t.ask("agent.to.echo.hello", "hi over nats").await,
+        "hi over nats"
+    );
+    assert_eq!(t.ask("agent.to.counter.cmd", "add 5").await, "5");
+    assert_eq!(t.ask("agent.to.counter.cmd", "add 2").await, "7");
+    assert_eq!(t.ask("agent.to.counter.cmd", "get").await, "7");
+    let err = t
+        .node
+        .send(
+            BusMessage::new("agent.to.nobody.x", "?"),
+            Some(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no responders"), "{err}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn agents_publish_send_ask_and_request_many_to_each_other_over_nats() {
+    let Some(server) = NatsServer::start("nats agent to agent") else {
+        return;
+    };
+    let t = node_on(&server).await;
+    let probe = t.load("probe", "probe", PROBE_GRANTS).await;
+    t.load("echo", "echo", "").await;
+    t.load("counter", "counter", "").await;
+    let watcher = async_nats::connect(server.url()).await.unwrap();
+    let mut status = watcher.subscribe("agent.broadcast.status").await.unwrap();
+    let mut to_echo = watcher.subscribe("agent.to.echo.>").await.unwrap();
+    round_trip(&watcher).await;
+
+    let published = t
+        .ask(
+            "agent.to.probe.cmd",
+            "publish agent.broadcast.status all good",
+        )
+        .await;
+    assert_eq!(published, "ok");
+    let got = tokio::time::timeout(Duration::from_secs(5), status.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got.payload[..], b"all good");
+    let sender = got.headers.as_ref().and_then(|h| h.get("Agent-Ref"));
+    assert_eq!(
+        sender.map(|v| v.as_str().to_string()),
+        Some(format!("default.probe.{}", probe.id)),
+        "stamped with the sender's agent-ref"
+    );
+
+    assert_eq!(
+        t.ask("agent.to.probe.cmd", "send echo ping hello").await,
+        "ok"
+    );
+    let sent = tokio::time::timeout(Duration::from_secs(5), to_echo.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sent.subject.as_str(), "agent.to.echo.ping");
+
+    assert_eq!(t.ask("agent.to.probe.cmd", "ask echo say hi").await, "hi");
+    let fan = t
+        .ask("agent.to.probe.cmd", "fanout echo,counter,nobody add 2")
+        .await;
+    let parts: Vec<_> = fan.split('|').collect();
+    assert_eq!(parts[..2], ["add 2", "2"], "echo and counter answer: {fan}");
+    assert!(parts[2].starts_with("error: denied"), "{fan}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_plain_nats_client_reaches_an_agent_by_inbox_and_by_agent_ref_and_reads_reply_headers() {
+    let Some(server) = NatsServer::start("nats plain client") else {
+        return;
+    };
+    let t = node_on(&server).await;
+    let counter = t.load("counter", "counter", "").await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+
+    // Fire-and-forget to the legacy inbox, as a script would.
+    client
+        .publish("agent.to.counter.cmd", "add 3".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    // Request on the agent-ref subject; the reply names who answered.
+    let subject = format!("agent.default.counter.{}.command.cmd", counter.id);
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(subject, "get".into()),
+    )
+    .await
+    .expect("a reply within 5 s")
+    .expect("the counter answers");
+    assert_eq!(&reply.payload[..], b"3", "the published add arrived first");
+    let headers = reply.headers.expect("the reply has headers");
+    assert_eq!(
+        headers.get("Agent-Ref").map(|v| v.as_str().to_string()),
+        Some(format!("default.counter.{}", counter.id))
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_on_two_of_an_agents_patterns_or_dual_published_with_one_id_is_handled_once() {
+    let Some(server) = NatsServer::start("nats dedup") else {
+        return;
+    };
+    let t = node_on(&server).await;
+    let probe = t.load("probe", "probe", "").await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+
+    // One publish matching the legacy and the agent-ref pattern at once (cluster "to").
+    let both = format!("agent.to.probe.{}.command.cmd", probe.id);
+    client.publish(both, "kv-set a 1".into()).await.unwrap();
+    // A migration dual-publish: the same Nats-Msg-Id on both subject schemes.
+    let mut id = async_nats::HeaderMap::new();
+    id.insert("Nats-Msg-Id", "dual-1");
+    client
+        .publish_with_headers("agent.to.probe.cmd", id.clone(), "kv-set b 1".into())
+        .await
+        .unwrap();
+    let agent_ref = format!("agent.default.probe.{}.command.cmd", probe.id);
+    client
+        .publish_with_headers(agent_ref, id, "kv-set b 1".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    assert_eq!(
+        t.ask("agent.to.probe.cmd", "seen").await,
+        "3",
+        "one overlapping publish + one dual-published message + this one"
+    );
+    let status = t.node.status("probe").await.unwrap();
+    assert_eq!(status.handled, 3);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_over_the_servers_max_payload_is_refused_with_the_limit_and_nothing_else_breaks()
+{
+    let Some(server) = NatsServer::start("nats max payload") else {
+        return;
+    };
+    let t = node_on(&server).await;
+    t.load("echo", "echo", "").await;
+    let big = BusMessage::new("agent.to.echo.big", vec![b'x'; 2 << 20]);
+    let err = t
+        .node
+        .send(big, Some(Duration::from_secs(2)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("2097152 bytes"), "{err}");
+    assert!(err.contains("at most 1048576"), "{err}");
+    assert_eq!(
+        t.ask("agent.to.echo.small", "still here").await,
+        "still here"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_whose_nats_is_unreachable_at_start_fails_naming_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut config = test_config(dir.path());
+    config.nats.url = Some(url.clone());
+    config.nats.connect_timeout_ms = 1000;
+    let err = match Node::start(config).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("started without NATS"),
+    };
+    assert!(err.contains(&url), "{err}");
+    assert!(err.contains("check that nats-server is running"), "{err}");
+}
+
+#[tokio::test]
+async fn after_the_nats_server_restarts_under_load_the_node_reconnects_and_agents_resume() {
+    let Some(mut server) = NatsServer::start("nats server restart") else {
+        return;
+    };
+    let t = node_on(&server).await;
+    t.load("echo", "echo", "").await;
+    assert_eq!(t.ask("agent.to.echo.x", "before").await, "before");
+
+    // Load from the node itself while the server goes away and comes back.
+    let bus = t.node.bus.clone();
+    let load = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u32, 0u32);
+        let until = tokio::time::Instant::now() + Duration::from_secs(4);
+        while tokio::time::Instant::now() < until {
+            let msg = BusMessage::new("agent.to.echo.load", "x");
+            match bus.request(msg, Duration::from_millis(500)).await {
+                Ok(_) => ok += 1,
+                Err(_) => {
+                    failed += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        (ok, failed)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    let (answered, failed) = load.await.unwrap();
+
+    let resumed = async {
+        loop {
+            let msg = BusMessage::new("agent.to.echo.x", "after");
+            if let Ok(Some(reply)) = t.node.send(msg, Some(Duration::from_secs(1))).await {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(15), resumed)
+        .await
+        .expect("the echo agent answers again after the restart, without any help");
+    assert_eq!(&reply.payload[..], b"after");
+    assert!(answered > 0, "requests were answered before the restart");
+    eprintln!("during the restart: {answered} requests answered, {failed} failed");
+    t.stop().await;
+    drop(server);
+}
+
+#[tokio::test]
+async fn host_run_with_a_nats_url_serves_agents_over_nats() {
+    let Some(server) = NatsServer::start("nats host run") else {
+        return;
+    };
+    let config = format!(
+        "[nats]\nurl = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        server.url()
+    );
+    let node = crate::support::NodeProcess::start(&config);
+    let echo = crate::support::plugin("echo");
+    let out = node.host(&["load", echo.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request("agent.to.echo.hi", "from a plain client".into()),
+    )
+    .await
+    .expect("a reply within 5 s")
+    .expect("echo answers over NATS");
+    assert_eq!(&reply.payload[..], b"from a plain client");
+    let log = node.log_text();
+    assert!(log.contains("messaging on NATS"), "{log}");
+    assert!(node.stop().success());
+}
