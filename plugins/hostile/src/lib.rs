@@ -275,9 +275,9 @@ fn net(addr: &str) -> String {
         Err(e) => format!("error {e}"),
     };
     let connect = match addr.parse() {
-        Ok(a) => {
-            show(TcpStream::connect_timeout(&a, Duration::from_secs(1)).map(|_| "connected".to_string()))
-        }
+        Ok(a) => show(
+            TcpStream::connect_timeout(&a, Duration::from_secs(1)).map(|_| "connected".to_string()),
+        ),
         Err(e) => format!("error {e}"),
     };
     let listen = show(TcpListener::bind("127.0.0.1:0").map(|_| "listening".to_string()));
