@@ -12,7 +12,7 @@ use crate::agent::native::NativeFactory;
 use crate::agent::runner::{self, AgentControls, Control, RunnerParts};
 use crate::agent::upgrade::{Green, SwapReport};
 use crate::agent::AgentStatus;
-use crate::agent::{AgentCaps, AgentHandle, AgentSummary, Identity};
+use crate::agent::{AgentCaps, AgentHandle, AgentSummary, FilesDir, Identity};
 use crate::bus::{BusMessage, EmbeddedBus, NatsBus, NatsOptions, Transport};
 use crate::capabilities::{
     kv::KvCtx, llm::LlmCtx, messaging::Directory, messaging::MessagingCtx, runtime::RuntimeCtx,
@@ -202,7 +202,7 @@ impl Node {
             &manifest.agent.id.to_string(),
         );
         let metrics = self.metrics.for_agent(&identity.name, &identity.cluster);
-        let caps = Arc::new(self.capabilities(&identity, &manifest, &metrics));
+        let caps = Arc::new(self.capabilities(&identity, &manifest, &metrics)?);
         let parts = RunnerParts {
             identity: identity.clone(),
             engine: self.engine.clone(),
@@ -305,13 +305,21 @@ impl Node {
         identity: &Identity,
         manifest: &Manifest,
         metrics: &Arc<crate::telemetry::AgentMetrics>,
-    ) -> AgentCaps {
+    ) -> anyhow::Result<AgentCaps> {
         let d = &self.config.defaults;
         let max_message = manifest
             .limits
             .max_message_bytes
             .unwrap_or(d.max_message_bytes);
-        AgentCaps {
+        let files_dir = match manifest.files {
+            None => None,
+            Some(access) => Some(
+                FilesDir::create(&self.config.node.data_dir, &identity.id, access).map_err(
+                    |e| anyhow::anyhow!("cannot create the [files] directory of agent '{}' under {}: {e}; the node's data dir must be writable", identity.name, self.config.node.data_dir.display()),
+                )?,
+            ),
+        };
+        Ok(AgentCaps {
             messaging: MessagingCtx {
                 identity: identity.clone(),
                 grants: manifest.messaging.clone(),
@@ -340,7 +348,8 @@ impl Node {
                 identity: identity.clone(),
                 config: manifest.config.clone(),
             },
-        }
+            files: files_dir,
+        })
     }
 
     /// Stops an agent after its in-flight message and removes it.

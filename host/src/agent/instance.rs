@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::{Store, UpdateDeadline};
-use wasmtime_wasi::{ResourceTable, WasiCtx};
+use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx};
 
 use super::limits::{call_hook, describe_trap, HostCallWatch, HostClock, LimitHit, Limiter};
 use super::native::{NativeFactory, NativeGuest};
@@ -12,6 +12,7 @@ use super::stdio::LogStream;
 use super::{AgentCaps, AgentStore, CpuBudgetExceeded, Turn};
 use crate::bindings::{Agent, AgentRef, Message};
 use crate::engine::{CompiledAgent, Engine};
+use crate::manifest::{FilesAccess, FILES_GUEST_DIR};
 
 /// What an agent runs: a compiled component, or (as the benchmarks' baseline) native code
 /// driven through the same runner and capability checks.
@@ -149,7 +150,7 @@ impl Live {
 }
 
 /// Instantiates `compiled` with nothing granted through WASI but stdout/stderr (to the log),
-/// clocks and randomness.
+/// clocks, randomness and, with `[files]`, the agent's private directory.
 pub async fn instantiate(
     engine: &Engine,
     code: &Code,
@@ -157,13 +158,28 @@ pub async fn instantiate(
     limits: InstanceLimits,
 ) -> anyhow::Result<Live> {
     let name = caps.runtime.identity.name.clone();
-    let wasi = WasiCtx::builder()
-        .stdout(LogStream::new(&name, "stdout"))
+    let mut wasi = WasiCtx::builder();
+    wasi.stdout(LogStream::new(&name, "stdout"))
         .stderr(LogStream::new(&name, "stderr"))
         .allow_tcp(false)
         .allow_udp(false)
-        .allow_ip_name_lookup(false)
-        .build();
+        .allow_ip_name_lookup(false);
+    if let Some(files) = &caps.files {
+        // cap-std resolves every path inside this directory: `..`, absolute paths and
+        // symlinks cannot leave it.
+        let perms = match files.access {
+            FilesAccess::ReadOnly => FsPerms::ReadOnly,
+            FilesAccess::ReadWrite => FsPerms::ReadWrite,
+        };
+        wasi.preopened_dir(&files.host_path, FILES_GUEST_DIR, perms)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open the [files] directory {} of agent '{name}': {e:#}; check that the node's data dir is writable",
+                    files.host_path.display()
+                )
+            })?;
+    }
+    let wasi = wasi.build();
     let limiter = Limiter::new(&name, limits.memory_bytes, caps.messaging.metrics.clone());
     let watch = HostCallWatch::new(limits.host_call_limit);
     let data = AgentStore {

@@ -58,6 +58,28 @@ pub struct AgentCaps {
     pub kv: KvCtx,
     pub llm: LlmCtx,
     pub runtime: RuntimeCtx,
+    /// The private directory `[files]` grants, preopened through WASI; `None`: no files.
+    pub files: Option<FilesDir>,
+}
+
+/// An agent's private directory on the host and what it may do there.
+#[derive(Clone, Debug)]
+pub struct FilesDir {
+    pub host_path: std::path::PathBuf,
+    pub access: crate::manifest::FilesAccess,
+}
+
+impl FilesDir {
+    /// `{data_dir}/files/{agent id}`, created if absent (a new agent starts empty).
+    pub fn create(
+        data_dir: &std::path::Path,
+        agent_id: &str,
+        access: crate::manifest::FilesAccess,
+    ) -> std::io::Result<FilesDir> {
+        let host_path = data_dir.join("files").join(agent_id);
+        std::fs::create_dir_all(&host_path)?;
+        Ok(FilesDir { host_path, access })
+    }
 }
 
 /// State of the export call in progress: what the host needs to check calls and to bound

@@ -15,8 +15,15 @@ pub(super) fn describe(m: &Manifest) -> String {
     llm(m, &mut out);
     storage_and_limits(m, &mut out);
     config(m, &mut out);
+    files(m, &mut out);
     out.push_str("May NOT:\n");
-    out.push_str("  - read or write files (WASI grants no preopened directories)\n");
+    match m.files {
+        None => out.push_str("  - read or write files (WASI grants no preopened directories)\n"),
+        Some(_) => out.push_str(&format!(
+            "  - reach any file outside {} (.., absolute paths and symlinks stay inside it)\n",
+            super::FILES_GUEST_DIR
+        )),
+    }
     out.push_str("  - open network connections (WASI grants no sockets)\n");
     out.push_str("  - read environment variables or arguments (WASI grants none)\n");
     out.push_str(
@@ -169,6 +176,18 @@ fn storage_and_limits(m: &Manifest, out: &mut String) {
             .map(format_bytes)
             .unwrap_or_else(node_default)
     );
+}
+
+fn files(m: &Manifest, out: &mut String) {
+    if let Some(access) = m.files {
+        let _ = writeln!(
+            out,
+            "Files: {} in its private directory, seen as {} ({{data dir}}/files/{} on the node)",
+            access.as_str(),
+            super::FILES_GUEST_DIR,
+            m.agent.id
+        );
+    }
 }
 
 fn config(m: &Manifest, out: &mut String) {

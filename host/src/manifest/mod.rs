@@ -36,8 +36,32 @@ pub struct Manifest {
     pub llm: LlmGrants,
     pub kv: KvGrants,
     pub limits: Limits,
+    /// A private directory for the agent's files (`[files]`); `None`: no file access at all.
+    pub files: Option<FilesAccess>,
     /// Free key/values the agent reads with `runtime.config`.
     pub config: BTreeMap<String, String>,
+}
+
+/// Where the agent sees its private directory (`[files]`) through WASI.
+pub const FILES_GUEST_DIR: &str = "/data";
+
+/// What an agent may do in its private directory (`[files] access`). The directory is
+/// `{data_dir}/files/{agent id}` on the host and [`FILES_GUEST_DIR`] in the agent; nothing
+/// outside it is reachable (`..`, absolute paths and symlinks are resolved inside it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilesAccess {
+    ReadOnly,
+    ReadWrite,
+}
+
+impl FilesAccess {
+    /// The manifest spelling, as in `access = "read-only"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FilesAccess::ReadOnly => "read-only",
+            FilesAccess::ReadWrite => "read-write",
+        }
+    }
 }
 
 /// Who the agent is and which component runs it.
@@ -216,6 +240,7 @@ impl Manifest {
             llm: LlmGrants::default(),
             kv: KvGrants::default(),
             limits: Limits::default(),
+            files: None,
             config: BTreeMap::new(),
         })
     }

@@ -7,8 +7,8 @@ use toml::{Table, Value};
 use uuid::Uuid;
 
 use super::{
-    AgentSection, KvGrants, Limits, LlmGrants, Manifest, MessagingGrants, Subscriptions,
-    DEFAULT_CLUSTER,
+    AgentSection, FilesAccess, KvGrants, Limits, LlmGrants, Manifest, MessagingGrants,
+    Subscriptions, DEFAULT_CLUSTER,
 };
 use crate::config::fields::{describe, FieldError, Section};
 use crate::subjects::{validate_name, validate_pattern, RESERVED_CLUSTERS};
@@ -20,6 +20,7 @@ const SECTIONS: &[&str] = &[
     "llm",
     "kv",
     "limits",
+    "files",
     "config",
 ];
 const EXAMPLE_ID: &str = "\"01936f11-4ea2-7000-8000-000000000001\"";
@@ -38,6 +39,7 @@ pub(super) fn manifest(
         llm: llm(&root)?,
         kv: kv(&root)?,
         limits: limits(&root)?,
+        files: files(&root, document.contains_key("files"))?,
         config: config(&root)?,
     })
 }
@@ -233,6 +235,25 @@ fn limits(root: &Section) -> Result<Limits, FieldError> {
         cpu_ms_per_message: s.positive("cpu_ms_per_message", "200", no_zero)?,
         max_message_bytes: s.positive_bytes("max_message_bytes", no_zero)?,
     })
+}
+
+/// `[files]`: present means granted, so `access` must say how (no silent default).
+fn files(root: &Section, present: bool) -> Result<Option<FilesAccess>, FieldError> {
+    let s = root.section("files", &["access"])?;
+    let expected = "expected access = \"read-only\" or access = \"read-write\"";
+    match s.string("access", "\"read-only\"")?.as_deref() {
+        None if !present => Ok(None),
+        None => Err(s.error(
+            "access",
+            format!("missing; {expected} (or remove [files] to grant no file access)"),
+        )),
+        Some("read-only") => Ok(Some(FilesAccess::ReadOnly)),
+        Some("read-write") => Ok(Some(FilesAccess::ReadWrite)),
+        Some(other) => Err(s.error(
+            "access",
+            format!("{other:?} is not an access mode; {expected}"),
+        )),
+    }
 }
 
 fn config(root: &Section) -> Result<BTreeMap<String, String>, FieldError> {

@@ -451,3 +451,47 @@ fn agent_ref_is_cluster_name_id() {
         "orchestration.sage.01936f11-4ea2-7000-8000-000000000001"
     );
 }
+
+#[test]
+fn files_are_granted_only_by_a_files_section_that_says_how() {
+    let m = Manifest::parse(&agent(""), None).unwrap();
+    assert_eq!(m.files, None, "no [files]: no file access at all");
+    for (access, expected) in [
+        ("read-only", FilesAccess::ReadOnly),
+        ("read-write", FilesAccess::ReadWrite),
+    ] {
+        let text = agent(&format!("[files]\naccess = \"{access}\"\n"));
+        assert_eq!(Manifest::parse(&text, None).unwrap().files, Some(expected));
+    }
+
+    let (err, shown) = error_of(&agent("[files]\n"));
+    assert_eq!(err.field.as_deref(), Some("files.access"));
+    assert!(
+        shown.contains("missing; expected access = \"read-only\""),
+        "{shown}"
+    );
+    let (err, shown) = error_of(&agent("[files]\naccess = \"rw\"\n"));
+    assert_eq!(err.field.as_deref(), Some("files.access"));
+    assert!(shown.contains("\"rw\" is not an access mode"), "{shown}");
+    let (err, _) = error_of(&agent("[files]\npath = \"/etc\"\n"));
+    assert_eq!(
+        err.field.as_deref(),
+        Some("files.path"),
+        "no choosing the directory"
+    );
+}
+
+#[test]
+fn describe_says_where_the_files_grant_points_and_that_nothing_else_is_reachable() {
+    let text = agent("[files]\naccess = \"read-write\"\n");
+    let shown = Manifest::parse(&text, None).unwrap().describe();
+    assert!(
+        shown.contains("Files: read-write in its private directory, seen as /data"),
+        "{shown}"
+    );
+    assert!(shown.contains("reach any file outside /data"), "{shown}");
+    assert!(
+        !shown.contains("read or write files (WASI grants no"),
+        "{shown}"
+    );
+}
