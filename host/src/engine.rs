@@ -17,6 +17,21 @@ use crate::config::EngineSection;
 
 /// Instances each agent may need at once: blue plus green during an upgrade.
 const INSTANCES_PER_AGENT: u32 = 2;
+/// Fiber stacks beyond one per agent. A stack is held only while an instance is inside a
+/// call; an agent handles one message at a time, so one per agent covers every agent being
+/// mid-call at once, and the spare ones cover upgrades initialising a new version then.
+const SPARE_STACKS: u32 = 64;
+/// Largest wasm stack of a call: unbounded recursion traps ("stack overflow") here.
+const MAX_WASM_STACK: usize = 512 << 10;
+/// The fiber stack a call runs on: the wasm stack plus room for host functions.
+const ASYNC_STACK: usize = MAX_WASM_STACK + (256 << 10);
+/// Memory mappings one agent costs (Linux caps them per process at `vm.max_map_count`):
+/// its linear memory (accessible part and the rest of its slot) and its fiber stack (stack
+/// and guard page). Copy-on-write memory images add two more per memory.
+const MAPPINGS_PER_AGENT: u64 = 4;
+const MAPPINGS_PER_COW_IMAGE: u64 = 2;
+/// Mappings the process needs besides its agents (code, heap, threads, pools).
+const MAPPINGS_RESERVED: u64 = 4096;
 /// Core instances and memories inside one component (a Rust wasip2 component has a
 /// handful: the main module, the WASI adapter and shims).
 const CORE_INSTANCES_PER_COMPONENT: u32 = 20;
@@ -82,9 +97,12 @@ impl Engine {
             .max_memories_per_component(MEMORIES_PER_COMPONENT)
             .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
             .max_tables_per_component(TABLES_PER_COMPONENT)
-            .total_stacks(instances)
+            .total_stacks(settings.max_agents.saturating_add(SPARE_STACKS))
             .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config.max_wasm_stack(MAX_WASM_STACK);
+        config.async_stack_size(ASYNC_STACK);
+        config.memory_init_cow(use_cow_images(settings.max_agents));
         // Each pool slot reserves this much address space: the largest memory an agent may
         // have, not the 4 GiB default, so thousands of slots fit in the address space.
         config.memory_reservation(max_memory);
@@ -185,6 +203,39 @@ impl Engine {
     }
 }
 
+/// Whether memories start as copy-on-write mappings of the component's data image (cheap
+/// to instantiate, shared pages) or as copies of it. Copy-on-write costs two more memory
+/// mappings per agent, so a node sized for more agents than the kernel's mapping limit
+/// allows copies instead; a node that cannot fit even that is told how to fix it.
+fn use_cow_images(max_agents: u32) -> bool {
+    let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let Some(limit) = limit else {
+        return true;
+    };
+    let (cow, fits) = mapping_plan(max_agents, limit);
+    if !fits {
+        let needed = u64::from(max_agents) * MAPPINGS_PER_AGENT + MAPPINGS_RESERVED;
+        tracing::warn!(
+            "[engine] max_agents = {max_agents} needs about {needed} memory mappings, but this kernel allows {limit} per process (vm.max_map_count): loads will fail with 'Cannot allocate memory' after about {} agents; raise it (sysctl -w vm.max_map_count={}) or lower max_agents",
+            limit.saturating_sub(MAPPINGS_RESERVED) / MAPPINGS_PER_AGENT,
+            (needed + u64::from(max_agents) * MAPPINGS_PER_COW_IMAGE).next_power_of_two()
+        );
+    }
+    cow
+}
+
+/// Given the kernel's mapping limit: whether copy-on-write images fit, and whether the
+/// agents fit at all.
+fn mapping_plan(max_agents: u32, limit: u64) -> (bool, bool) {
+    let needed = |per_agent: u64| u64::from(max_agents) * per_agent + MAPPINGS_RESERVED;
+    (
+        needed(MAPPINGS_PER_AGENT + MAPPINGS_PER_COW_IMAGE) <= limit,
+        needed(MAPPINGS_PER_AGENT) <= limit,
+    )
+}
+
 /// A core module starts with the same magic as a component but a different layer/version.
 fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && &bytes[0..4] == b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
@@ -205,4 +256,35 @@ fn start_epoch_ticker(engine: Weak<Engine>) {
             }
         })
         .expect("spawn epoch ticker thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mapping_plan;
+
+    #[test]
+    fn copy_on_write_images_are_dropped_before_the_mapping_limit_is_reached() {
+        let linux_default = 65_530;
+        assert_eq!(mapping_plan(1_000, linux_default), (true, true));
+        assert_eq!(
+            mapping_plan(10_000, linux_default),
+            (true, true),
+            "64,096 fits"
+        );
+        assert_eq!(
+            mapping_plan(12_000, linux_default),
+            (false, true),
+            "copies instead"
+        );
+        assert_eq!(
+            mapping_plan(20_000, linux_default),
+            (false, false),
+            "warned at start"
+        );
+        assert_eq!(
+            mapping_plan(20_000, 262_144),
+            (true, true),
+            "a raised limit"
+        );
+    }
 }

@@ -12,9 +12,11 @@ pub struct SeenIds {
 
 impl SeenIds {
     pub fn new(window: usize) -> SeenIds {
+        // Grown on demand: most agents never see enough ids to fill a window, and thousands
+        // of idle agents should not each hold one allocated up front.
         SeenIds {
-            order: VecDeque::with_capacity(window.min(4096)),
-            set: HashSet::with_capacity(window.min(4096)),
+            order: VecDeque::new(),
+            set: HashSet::new(),
             window,
         }
     }
