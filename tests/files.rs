@@ -25,6 +25,11 @@ async fn a_files_grant_gives_each_agent_a_private_directory_that_cannot_be_escap
     let ro = "[files]\naccess = \"read-only\"\n";
     let reader = t.load("hostile", "reader", &manifest("reader", ro)).await;
     t.load("hostile", "nosy", &manifest("nosy", "")).await;
+    assert_eq!(
+        t.node.engine.compiled_count(),
+        1,
+        "three agents, one compile"
+    );
     let data = t.dir.path();
     let keeper_dir = data.join("files").join(&keeper.id);
 

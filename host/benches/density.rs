@@ -61,6 +61,11 @@ fn main() {
             }
         }
         let load_seconds = started.elapsed().as_secs_f64();
+        assert_eq!(
+            node.engine.compiled_count(),
+            1,
+            "one component, compiled once"
+        );
 
         let started = Instant::now();
         for i in 0..agents {

@@ -133,6 +133,12 @@ impl Engine {
         self.tick
     }
 
+    /// How many distinct components (by sha256) this engine has compiled: loading many
+    /// agents of one component compiles it once.
+    pub fn compiled_count(&self) -> usize {
+        self.cache.lock().expect("compile cache lock").len()
+    }
+
     /// Reads and compiles a component file (see [`Engine::compile`]).
     pub fn compile_file(
         &self,
