@@ -8,11 +8,16 @@
 /// Agents on a NATS node, and plain NATS clients talking to them.
 #[path = "nats/agents.rs"]
 mod agents;
+/// Durable delivery through JetStream consumers.
+#[path = "nats/durable.rs"]
+mod durable;
 /// Storage on JetStream KV.
 #[path = "nats/kv.rs"]
 mod kv;
 #[path = "support/nats.rs"]
 mod nats_server;
+#[path = "support/ollama.rs"]
+mod ollama;
 mod support;
 /// The transport on its own.
 #[path = "nats/transport.rs"]

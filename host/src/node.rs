@@ -59,6 +59,8 @@ pub struct Node {
     pub llm: Arc<crate::llm::LlmService>,
     directory: Arc<NodeDirectory>,
     agents: tokio::sync::Mutex<HashMap<String, AgentHandle>>,
+    /// JetStream durable delivery, on NATS only (the stream is made at the first durable load).
+    durable: Option<Arc<crate::agent::durable::DurableDelivery>>,
 }
 
 impl Node {
@@ -71,6 +73,7 @@ impl Node {
             anyhow::anyhow!("cannot create the data dir {}: {e}; set [node] data_dir or --data-dir to a writable folder", config.node.data_dir.display())
         })?;
         let engine = Engine::new(&config.engine)?;
+        let mut durable = None;
         let (bus, store): (Arc<dyn Transport>, Arc<dyn KvBackend>) = match &config.nats.url {
             Some(url) => {
                 let timeout = Duration::from_millis(config.nats.connect_timeout_ms);
@@ -90,6 +93,11 @@ impl Node {
                 )
                 .await?;
                 tracing::info!(%url, bucket = %kv.bucket(), "messaging on NATS, storage on JetStream KV");
+                durable = Some(Arc::new(crate::agent::durable::DurableDelivery::new(
+                    nats.client().clone(),
+                    url,
+                    crate::agent::durable::DurableSettings::from_config(&config.nats),
+                )));
                 (Arc::new(nats), Arc::new(kv))
             }
             None => (
@@ -122,6 +130,7 @@ impl Node {
             llm,
             directory: Arc::new(NodeDirectory::default()),
             agents: tokio::sync::Mutex::new(HashMap::new()),
+            durable,
         }))
     }
 
@@ -163,6 +172,14 @@ impl Node {
             anyhow::anyhow!("no component to load: give one (host load plugin.wasm --manifest ...) or set [agent] component in the manifest")
         })?;
         let limits = self.instance_limits(&manifest)?;
+        if manifest.subscriptions.durable && self.durable.is_none() {
+            let file = manifest.source.as_ref().map(|p| p.display().to_string());
+            anyhow::bail!(
+                "manifest {}: {}",
+                file.as_deref().unwrap_or("<inline>"),
+                crate::agent::inbox::DURABLE_NEEDS_NATS
+            );
+        }
 
         // Refuse early (cheap), compile without holding the agents lock, check again at insert.
         self.check_capacity_and_unique(&*self.agents.lock().await, &manifest)?;
@@ -217,6 +234,7 @@ impl Node {
             max_traps_per_message: self.config.node.max_traps_per_message.max(1),
             dedup_window: self.config.node.dedup_window,
             rollback_window: Duration::from_secs(self.config.node.rollback_window_secs),
+            durable: self.durable.clone(),
         };
         let mut agents = self.agents.lock().await;
         self.check_capacity_and_unique(&agents, &manifest)?;

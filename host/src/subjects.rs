@@ -46,6 +46,12 @@ pub fn dead_letter(name: &str) -> String {
     format!("agent.dlq.{name}")
 }
 
+/// The durable JetStream consumer of one of an agent's patterns: `agent-{id}-{pattern}`.
+/// Derived from the id only, so it survives renames, restarts and moves between nodes.
+pub fn durable_consumer(id: &str, pattern: &str) -> String {
+    format!("agent-{id}-{pattern}")
+}
+
 /// A unique reply subject for one request.
 pub fn reply_inbox(unique: &str) -> String {
     format!("_INBOX.{unique}")

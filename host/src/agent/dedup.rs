@@ -21,6 +21,11 @@ impl SeenIds {
         }
     }
 
+    /// Whether `id` is in the window, without recording it.
+    pub fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
     /// Records `id`; false when it was already seen (a duplicate).
     pub fn first_time(&mut self, id: &str) -> bool {
         if self.window == 0 {

@@ -4,7 +4,11 @@
 use crate::bus::{BusMessage, Subscription, Transport};
 use crate::subjects;
 
+use super::durable::DurableInbox;
 use super::Identity;
+
+/// Why a durable manifest cannot load on the embedded bus, and what to do.
+pub const DURABLE_NEEDS_NATS: &str = "field subscriptions.durable: durable delivery needs NATS JetStream, and this node runs on the embedded bus (which keeps no messages); set [nats] url in the node config or NATS_URL, or set durable = false";
 
 /// Which of the agent's subscriptions a message came through, highest precedence first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -14,14 +18,44 @@ pub enum Via {
     Broadcast,
 }
 
-/// The agent's subscriptions (each may be turned off in the manifest).
+/// The agent's subscriptions (each may be turned off in the manifest), or for a durable
+/// agent its JetStream consumers.
 pub struct Inbox {
     pub legacy: Option<Subscription>,
     pub agent_ref: Option<Subscription>,
     pub broadcast: Option<Subscription>,
+    pub durable: Option<DurableInbox>,
 }
 
 impl Inbox {
+    /// Core subscriptions, or with `[subscriptions] durable = true` the agent's consumers
+    /// (refused on the embedded bus, which keeps nothing).
+    pub async fn open(
+        parts: &super::runner::RunnerParts,
+        subs: &crate::manifest::Subscriptions,
+        capacity: usize,
+    ) -> anyhow::Result<(Inbox, Vec<String>)> {
+        if !subs.durable {
+            return Inbox::subscribe(parts.bus.as_ref(), &parts.identity, subs, capacity)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot subscribe: {e}"));
+        }
+        let durable = parts
+            .durable
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("{}", DURABLE_NEEDS_NATS))?;
+        let (inbox, patterns) = durable
+            .open(&parts.identity, subs, parts.dedup_window)
+            .await?;
+        let inbox = Inbox {
+            legacy: None,
+            agent_ref: None,
+            broadcast: None,
+            durable: Some(inbox),
+        };
+        Ok((inbox, patterns))
+    }
+
     /// Subscribes the patterns the manifest turns on; returns them for the startup log too.
     pub async fn subscribe(
         bus: &dyn Transport,
@@ -55,6 +89,7 @@ impl Inbox {
             } else {
                 None
             },
+            durable: None,
         };
         Ok((inbox, patterns))
     }

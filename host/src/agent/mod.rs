@@ -1,7 +1,8 @@
 //! One running agent: its store data, its live instance, its mailbox and its supervisor.
 
 mod dedup;
-mod inbox;
+pub mod durable;
+pub(crate) mod inbox;
 pub mod instance;
 pub mod limits;
 pub mod native;

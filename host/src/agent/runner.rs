@@ -11,10 +11,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::dedup::SeenIds;
+use super::durable::next_durable;
 use super::inbox::{next_from, Inbox, Via};
 use super::instance::{instantiate, Code, InstanceLimits, Live};
 use super::snapshots::{self, SnapshotWriter};
 use super::status::{AgentState, AgentStatus, AgentSummary, LimitHitCounts};
+use super::supervisor::Outcome;
 use super::upgrade::{Green, Previous, SwapReport};
 use super::{AgentCaps, Identity};
 use crate::bus::Transport;
@@ -55,6 +57,8 @@ pub struct RunnerParts {
     pub dedup_window: usize,
     /// How long the replaced version stays warm after a swap.
     pub rollback_window: Duration,
+    /// JetStream for `[subscriptions] durable = true`; `None` on the embedded bus.
+    pub durable: Option<Arc<super::durable::DurableDelivery>>,
 }
 
 /// The node's handle on a running agent.
@@ -167,14 +171,8 @@ pub async fn start(
     mailbox_capacity: usize,
 ) -> anyhow::Result<AgentHandle> {
     let mut runner = Runner::new(parts).await?;
-    let (inbox, subscriptions) = Inbox::subscribe(
-        runner.parts.bus.as_ref(),
-        &runner.parts.identity,
-        &manifest.subscriptions,
-        mailbox_capacity,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot subscribe: {e}"))?;
+    let (inbox, subscriptions) =
+        Inbox::open(&runner.parts, &manifest.subscriptions, mailbox_capacity).await?;
     let (control_tx, control_rx) = mpsc::channel(4);
     let identity = runner.parts.identity.clone();
     runner
@@ -297,6 +295,13 @@ impl Runner {
                 Some(m) = next_from(&mut inbox.legacy) => (m, Via::Legacy),
                 Some(m) = next_from(&mut inbox.agent_ref) => (m, Via::AgentRef),
                 Some(m) = next_from(&mut inbox.broadcast) => (m, Via::Broadcast),
+                Some(d) = next_durable(&mut inbox.durable) => {
+                    let durable = inbox.durable.as_mut().expect("a durable message comes from the durable inbox");
+                    if !self.deliver_durable(durable, d).await {
+                        return;
+                    }
+                    continue;
+                }
                 else => return,
             };
             if inbox.delivered_earlier(via, &msg.subject) {
@@ -308,7 +313,7 @@ impl Runner {
                     continue;
                 }
             }
-            if !self.deliver(msg).await {
+            if self.deliver(msg).await == Outcome::AgentFailed {
                 return;
             }
         }

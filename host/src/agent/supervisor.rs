@@ -21,29 +21,44 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 /// The backoff stops doubling here (10 ms << 8 = 2.56 s).
 const MAX_BACKOFF_DOUBLINGS: u32 = 8;
 
+/// What became of a message [`Runner::deliver`] handed to the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// `handle` returned Ok.
+    Handled,
+    /// `handle` returned this error (a core message is done then; a durable one is retried).
+    Refused(String),
+    /// It trapped `max_traps_per_message` times and went to the dead-letter subject.
+    DeadLettered,
+    /// The agent is marked failed and handles nothing more.
+    AgentFailed,
+}
+
 impl Runner {
-    /// Hands one message to `handle`, retrying after traps; false when the agent failed.
-    pub(super) async fn deliver(&mut self, msg: BusMessage) -> bool {
+    /// Hands one message to `handle`, retrying after traps.
+    pub(super) async fn deliver(&mut self, msg: BusMessage) -> Outcome {
         let dead_letter_copy = msg.clone();
         let wit_msg = to_wit_message(msg, None);
         let mut traps = 0u32;
-        loop {
+        let outcome = loop {
             match self.handle_once(&wit_msg).await {
-                Ok(()) => break,
+                Ok(None) => break Outcome::Handled,
+                Ok(Some(error)) => break Outcome::Refused(error),
                 Err(text) => {
                     traps += 1;
                     tracing::error!(agent = %self.parts.identity.name, message = %wit_msg.id, attempt = traps, "trapped: {text}");
                     self.parts.status.set_error(format!("trap: {text}"));
                     if !self.restart().await {
-                        return false;
+                        return Outcome::AgentFailed;
                     }
                     if traps >= self.parts.max_traps_per_message {
-                        self.dead_letter(dead_letter_copy, &text).await;
-                        break;
+                        let why = format!("trapped {traps} times: {text}");
+                        self.dead_letter(dead_letter_copy, &why).await;
+                        break Outcome::DeadLettered;
                     }
                 }
             }
-        }
+        };
         self.since_snapshot += 1;
         if self.parts.snapshot_every > 0 && self.since_snapshot >= self.parts.snapshot_every {
             if let Some(encoded) = self.take_snapshot().await {
@@ -52,11 +67,12 @@ impl Runner {
                 }
             }
         }
-        true
+        outcome
     }
 
-    /// One `handle` call. Err only for a trap (the instance is then gone), with its cause.
-    async fn handle_once(&mut self, msg: &Message) -> Result<(), String> {
+    /// One `handle` call: Ok(None) when it returned Ok, Ok(Some(error)) when it returned an
+    /// error, Err only for a trap (the instance is then gone), with its cause.
+    async fn handle_once(&mut self, msg: &Message) -> Result<Option<String>, String> {
         let p = &self.parts;
         let live = self
             .live
@@ -70,14 +86,14 @@ impl Runner {
             Ok(Ok(())) => {
                 p.metrics.handled.inc();
                 self.consecutive_restarts = 0;
-                Ok(())
+                Ok(None)
             }
             Ok(Err(e)) => {
                 p.metrics.errors.inc();
                 tracing::debug!(agent = %p.identity.name, message = %msg.id, "handle returned an error: {e}");
                 p.status.set_error(format!("handle {}: {e}", msg.subject));
                 self.consecutive_restarts = 0;
-                Ok(())
+                Ok(Some(e))
             }
             Err(trap) => {
                 let text = self.instance_trapped(&trap);
@@ -156,7 +172,8 @@ impl Runner {
         tracing::error!(agent = %p.identity.name, "Agent '{}' failed: {MAX_CONSECUTIVE_RESTARTS} restarts in a row without handling a message; it stops here, the node carries on", p.identity.name);
     }
 
-    async fn dead_letter(&mut self, msg: BusMessage, error: &str) {
+    /// Publishes `msg` to `agent.dlq.{name}` with `error` in the Agent-Error header.
+    pub(super) async fn dead_letter(&mut self, msg: BusMessage, error: &str) {
         let p = &self.parts;
         p.status.dead_lettered.fetch_add(1, Ordering::Relaxed);
         let mut headers = msg.headers.clone();
@@ -172,7 +189,7 @@ impl Runner {
             headers,
             payload: msg.payload,
         };
-        tracing::warn!(agent = %p.identity.name, subject = %msg.subject, "message trapped {} times; sent to {dlq}", p.max_traps_per_message);
+        tracing::warn!(agent = %p.identity.name, subject = %msg.subject, "message sent to {dlq}: {error}");
         if let Err(e) = p.bus.publish(out).await {
             tracing::error!(agent = %p.identity.name, "cannot publish to {dlq}: {e}");
         }

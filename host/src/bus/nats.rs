@@ -375,7 +375,7 @@ fn encoded_header_len(headers: &[(String, String)]) -> usize {
 
 /// A NATS message as a host message. NATS keeps repeated values of a header in order but
 /// not the order between different names, so headers come out grouped by name.
-fn from_nats(m: async_nats::Message) -> BusMessage {
+pub(crate) fn from_nats(m: async_nats::Message) -> BusMessage {
     let mut headers = Vec::new();
     if let Some(map) = &m.headers {
         for (name, values) in map.iter() {

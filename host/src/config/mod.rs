@@ -110,6 +110,21 @@ pub struct NatsSection {
     pub kv_replicas: u32,
     /// How long the first connection attempt (and each reconnect attempt) may take.
     pub connect_timeout_ms: u64,
+    /// Durable delivery (`[subscriptions] durable = true`): how long the server waits for an
+    /// agent's ack before it redelivers. Progress acks extend it while `handle` still runs.
+    pub ack_wait_ms: u64,
+    /// Deliveries of one message to a durable agent before it goes to `agent.dlq.{name}`.
+    pub max_deliver: u32,
+    /// Delay before redelivering a message whose `handle` returned an error; it doubles with
+    /// each further attempt (capped at one minute).
+    pub retry_backoff_ms: u64,
+    /// How long the stream remembers a `Nats-Msg-Id` to drop a second publish of it.
+    pub duplicate_window_secs: u64,
+    /// Messages handed to one durable agent and not yet acknowledged, at most.
+    pub max_ack_pending: u32,
+    /// How long the stream keeps messages, when the node creates it (an existing stream keeps
+    /// its own limits).
+    pub stream_max_age_secs: u64,
 }
 
 /// One agent to load at start.
@@ -172,6 +187,12 @@ impl Default for NatsSection {
             kv_bucket: "AGENT_KV".to_string(),
             kv_replicas: 1,
             connect_timeout_ms: 5000,
+            ack_wait_ms: 30_000,
+            max_deliver: 5,
+            retry_backoff_ms: 1000,
+            duplicate_window_secs: 120,
+            max_ack_pending: 64,
+            stream_max_age_secs: 7 * 24 * 3600,
         }
     }
 }

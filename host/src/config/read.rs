@@ -219,6 +219,12 @@ fn nats(root: &Section) -> Result<NatsSection, FieldError> {
             "kv_bucket",
             "kv_replicas",
             "connect_timeout_ms",
+            "ack_wait_ms",
+            "max_deliver",
+            "retry_backoff_ms",
+            "duplicate_window_secs",
+            "max_ack_pending",
+            "stream_max_age_secs",
         ],
     )?;
     let d = NatsSection::default();
@@ -260,6 +266,32 @@ fn nats(root: &Section) -> Result<NatsSection, FieldError> {
                 "no connection could ever be made",
             )?
             .unwrap_or(d.connect_timeout_ms),
+        ack_wait_ms: s
+            .positive(
+                "ack_wait_ms",
+                "30000",
+                "every message would be redelivered at once",
+            )?
+            .unwrap_or(d.ack_wait_ms),
+        max_deliver: s
+            .positive("max_deliver", "5", "no message could be delivered")?
+            .unwrap_or(d.max_deliver),
+        retry_backoff_ms: s
+            .uint("retry_backoff_ms", "1000")?
+            .unwrap_or(d.retry_backoff_ms),
+        duplicate_window_secs: s
+            .positive(
+                "duplicate_window_secs",
+                "120",
+                "a message published twice with one Nats-Msg-Id would be stored twice",
+            )?
+            .unwrap_or(d.duplicate_window_secs),
+        max_ack_pending: s
+            .positive("max_ack_pending", "64", "no message could be delivered")?
+            .unwrap_or(d.max_ack_pending),
+        stream_max_age_secs: s
+            .uint("stream_max_age_secs", "604800")?
+            .unwrap_or(d.stream_max_age_secs),
     })
 }
 

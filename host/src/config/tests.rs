@@ -82,6 +82,12 @@ fn no_file_means_the_documented_defaults() {
             kv_bucket: "AGENT_KV".into(),
             kv_replicas: 1,
             connect_timeout_ms: 5000,
+            ack_wait_ms: 30_000,
+            max_deliver: 5,
+            retry_backoff_ms: 1000,
+            duplicate_window_secs: 120,
+            max_ack_pending: 64,
+            stream_max_age_secs: 604_800,
         }
     );
     assert!(c.agents.is_empty());
@@ -130,6 +136,12 @@ stream_name = "MSGS"
 kv_bucket = "FLEET_KV"
 kv_replicas = 3
 connect_timeout_ms = 1500
+ack_wait_ms = 10000
+max_deliver = 7
+retry_backoff_ms = 250
+duplicate_window_secs = 300
+max_ack_pending = 8
+stream_max_age_secs = 3600
 [[agents]]
 manifest = "agents/echo.toml"
 [[agents]]
@@ -167,6 +179,18 @@ manifest = "/etc/agents/sage.toml"
         ("FLEET_KV", 3)
     );
     assert_eq!(c.nats.connect_timeout_ms, 1500);
+    assert_eq!(
+        (c.nats.ack_wait_ms, c.nats.max_deliver, c.nats.retry_backoff_ms),
+        (10_000, 7, 250)
+    );
+    assert_eq!(
+        (
+            c.nats.duplicate_window_secs,
+            c.nats.max_ack_pending,
+            c.nats.stream_max_age_secs
+        ),
+        (300, 8, 3600)
+    );
     let manifests: Vec<_> = c.agents.iter().map(|a| a.manifest.clone()).collect();
     assert_eq!(
         manifests,
@@ -247,6 +271,8 @@ fn bad_values_name_the_field_and_what_is_expected() {
         ("[nats]\nkv_bucket = \"agent.kv\"", "field nats.kv_bucket: \"agent.kv\" contains '.'; expected a name like \"AGENT_KV\" (only A-Z a-z 0-9 _ -)"),
         ("[nats]\nkv_replicas = 7", "field nats.kv_replicas: 7 is more than JetStream allows; expected 1 to 5"),
         ("[nats]\nconnect_timeout_ms = 0", "field nats.connect_timeout_ms: 0 is not allowed"),
+        ("[nats]\nmax_deliver = 0", "field nats.max_deliver: 0 is not allowed"),
+        ("[nats]\nack_wait_ms = 0", "field nats.ack_wait_ms: 0 is not allowed"),
         ("[[agents]]\nfile = \"a.toml\"", "field agents[0].file: unknown field \"file\" in [agents[0]]; expected one of manifest"),
         ("[[agents]]\nmanifest = \"a.toml\"\n[[agents]]\n", "field agents[1].manifest: missing; add manifest = \"agents/echo.toml\""),
         ("agents = \"a.toml\"", "field agents: expected a list of [[agents]] tables, found the string \"a.toml\""),

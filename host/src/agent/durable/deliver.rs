@@ -1,0 +1,80 @@
+//! What the runner does with a durable message: hand it to `handle` (the same supervised
+//! path as a core message), tell the server it is still being worked on while `handle` runs,
+//! and then ack (handled), nak with backoff (`handle` returned an error) or dead-letter
+//! (`max_deliver` reached, or it trapped `max_traps_per_message` times).
+
+use async_nats::jetstream::AckKind;
+
+use super::{acknowledge, DurableInbox, DurableMessage};
+use crate::agent::runner::Runner;
+use crate::agent::supervisor::Outcome;
+
+impl Runner {
+    /// Delivers one durable message; false when the agent failed (the message is then left
+    /// unacknowledged, so it is redelivered once the agent runs again).
+    pub(in crate::agent) async fn deliver_durable(
+        &mut self,
+        inbox: &mut DurableInbox,
+        d: DurableMessage,
+    ) -> bool {
+        let agent = self.parts.identity.name.clone();
+        let seq = d.sequence.to_string();
+        if inbox.done.contains(&seq) {
+            // Handled already: an ack that did not reach the server, or the copy a second
+            // consumer of this agent brought. Ack it again; do not handle it again.
+            self.parts.metrics.duplicates.inc();
+            acknowledge(&agent, &d.acker, AckKind::Ack).await;
+            return true;
+        }
+        let s = inbox.settings.clone();
+        if d.delivered > s.max_deliver {
+            let why = format!(
+                "delivered {} times without being acknowledged (each time the node stopped, or handle outlived ack_wait)",
+                d.delivered - 1
+            );
+            self.dead_letter(d.msg, &why).await;
+            acknowledge(&agent, &d.acker, AckKind::Term).await;
+            inbox.done.first_time(&seq);
+            return true;
+        }
+        let copy = d.msg.clone();
+        let progress = {
+            let acker = d.acker.clone();
+            let every = s.progress_interval();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tick.tick().await;
+                    if acker.ack_with(AckKind::Progress).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let outcome = self.deliver(d.msg).await;
+        progress.abort();
+        match outcome {
+            Outcome::Handled | Outcome::DeadLettered => {
+                acknowledge(&agent, &d.acker, AckKind::Ack).await;
+                inbox.done.first_time(&seq);
+            }
+            Outcome::Refused(error) if d.delivered >= s.max_deliver => {
+                let why = format!(
+                    "handle failed on each of {} deliveries; last error: {error}",
+                    d.delivered
+                );
+                self.dead_letter(copy, &why).await;
+                acknowledge(&agent, &d.acker, AckKind::Term).await;
+                inbox.done.first_time(&seq);
+            }
+            Outcome::Refused(error) => {
+                // Not done: it comes again after the backoff.
+                let delay = s.retry_delay(d.delivered);
+                tracing::info!(agent = %agent, attempt = d.delivered, "handle failed ({error}); redelivery in {delay:?}");
+                acknowledge(&agent, &d.acker, AckKind::Nak(Some(delay))).await;
+            }
+            Outcome::AgentFailed => return false,
+        }
+        true
+    }
+}

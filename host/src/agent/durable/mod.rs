@@ -1,0 +1,464 @@
+//! Durable delivery (`[subscriptions] durable = true`, DESIGN §4): a durable agent reads its
+//! messages from JetStream instead of core subscriptions, so a message published while the
+//! agent (or its node) is down or busy waits for it, and a message is only done once the
+//! agent's `handle` returned Ok.
+//!
+//! - One stream (`[nats] stream_name`, env `STREAM_NAME`, default `AGENT_MESSAGES`) over
+//!   `agent.>`, with `no_ack` so that a core request to a core agent still gets that agent's
+//!   reply rather than the stream's publish ack, and a duplicate window for `Nats-Msg-Id`.
+//!   The node creates it (or adds what it lacks to an existing one) when it loads its first
+//!   durable agent.
+//! - Per durable agent and per enabled pattern one durable pull consumer named after the
+//!   agent id (NATS refuses one consumer whose filters overlap, and the agent-ref pattern
+//!   overlaps the others on paper). Explicit acks; new consumers start with new messages.
+//! - Requests keep working: see `replies.rs`. Acks, progress acks, naks and the dead-letter
+//!   path: see `deliver.rs`.
+//!
+//! The embedded bus keeps nothing, so a durable manifest there is refused at load.
+
+mod deliver;
+mod replies;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, stream::Stream as JsStream, AckKind};
+use futures::stream::SelectAll;
+use futures::{FutureExt, Stream, StreamExt};
+use tokio::sync::{mpsc, OnceCell};
+
+use super::dedup::SeenIds;
+use super::inbox::Via;
+use super::Identity;
+use crate::bus::BusMessage;
+use crate::config::NatsSection;
+use crate::manifest::Subscriptions;
+use crate::subjects;
+
+pub use replies::{fingerprint, PendingRequests};
+
+/// The subjects the stream covers.
+const STREAM_SUBJECTS: &str = "agent.>";
+/// Idle heartbeat of a consumer's pull requests: a lost server is noticed within ~2 of these.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long one pull request stays open on the server.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+/// Wait before re-creating a consumer that went away.
+const REOPEN_DELAY: Duration = Duration::from_millis(500);
+/// The longest delay before a redelivery after `handle` returned an error.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// The node-wide settings of durable delivery, from `[nats]`.
+#[derive(Debug, Clone)]
+pub struct DurableSettings {
+    pub stream: String,
+    pub ack_wait: Duration,
+    pub max_deliver: u32,
+    pub retry_backoff: Duration,
+    pub duplicate_window: Duration,
+    pub max_ack_pending: u32,
+    pub max_age: Duration,
+}
+
+impl DurableSettings {
+    pub fn from_config(nats: &NatsSection) -> DurableSettings {
+        DurableSettings {
+            stream: nats.stream_name.clone(),
+            ack_wait: Duration::from_millis(nats.ack_wait_ms),
+            max_deliver: nats.max_deliver.max(1),
+            retry_backoff: Duration::from_millis(nats.retry_backoff_ms),
+            duplicate_window: Duration::from_secs(nats.duplicate_window_secs),
+            max_ack_pending: nats.max_ack_pending.max(1),
+            max_age: Duration::from_secs(nats.stream_max_age_secs),
+        }
+    }
+
+    /// The delay before redelivering a message whose `delivered`-th handling failed.
+    pub fn retry_delay(&self, delivered: u32) -> Duration {
+        let doublings = delivered.saturating_sub(1).min(16);
+        (self.retry_backoff * (1u32 << doublings)).min(MAX_RETRY_DELAY)
+    }
+
+    /// How often a running `handle` tells the server it is still at it.
+    pub fn progress_interval(&self) -> Duration {
+        (self.ack_wait / 3).max(Duration::from_millis(50))
+    }
+}
+
+/// JetStream for the node's durable agents: one per node on NATS, shared by its agents.
+pub struct DurableDelivery {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    url: String,
+    settings: Arc<DurableSettings>,
+    stream: OnceCell<JsStream>,
+}
+
+/// A message from a durable agent's consumer, with what is needed to acknowledge it.
+pub struct DurableMessage {
+    /// With the reply subject of the core request it pairs with, if any.
+    pub msg: BusMessage,
+    pub acker: Arc<jetstream::message::Acker>,
+    /// The stream sequence: one number per stored message, whichever consumer delivers it.
+    pub sequence: u64,
+    /// How many times the server has delivered it (1 the first time).
+    pub delivered: u32,
+}
+
+/// A durable agent's source of messages: its consumers and request recorder, fed by one task
+/// that lives as long as this (so across hot swaps, which keep the runner's inbox).
+pub struct DurableInbox {
+    rx: mpsc::Receiver<DurableMessage>,
+    pump: tokio::task::AbortHandle,
+    /// Stream sequences handled and acked: a redelivery of one (a lost ack, or the copy a
+    /// second pattern's consumer brings) is acked again, not handled again.
+    done: SeenIds,
+    settings: Arc<DurableSettings>,
+}
+
+impl Drop for DurableInbox {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+impl DurableInbox {
+    /// The next message; `None` once the feeding task ended. Cancel-safe.
+    pub async fn next(&mut self) -> Option<DurableMessage> {
+        self.rx.recv().await
+    }
+}
+
+/// Waits on the durable inbox, or forever for an agent without one.
+pub async fn next_durable(inbox: &mut Option<DurableInbox>) -> Option<DurableMessage> {
+    match inbox {
+        Some(d) => d.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl DurableDelivery {
+    pub fn new(client: async_nats::Client, url: &str, settings: DurableSettings) -> Self {
+        DurableDelivery {
+            js: jetstream::new(client.clone()),
+            client,
+            url: url.to_string(),
+            settings: Arc::new(settings),
+            stream: OnceCell::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &DurableSettings {
+        &self.settings
+    }
+
+    /// Creates the stream, or adds to an existing one what durable delivery needs (`agent.>`
+    /// among its subjects, `no_ack`, a duplicate window at least as long as configured);
+    /// other settings of an existing stream (storage, limits, replicas) are the operator's.
+    pub async fn ensure_stream(&self) -> anyhow::Result<JsStream> {
+        let stream = self
+            .stream
+            .get_or_try_init(|| async { self.create_or_adapt_stream().await })
+            .await?;
+        Ok(stream.clone())
+    }
+
+    async fn create_or_adapt_stream(&self) -> anyhow::Result<JsStream> {
+        let s = &self.settings;
+        let name = &s.stream;
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            anyhow::anyhow!(
+                "durable delivery: cannot {what} the JetStream stream '{name}' on NATS at {}: {e}; \
+                 check that the server runs with JetStream (nats-server -js) and that no other stream \
+                 covers {STREAM_SUBJECTS} ([nats] stream_name / STREAM_NAME names the one to use)",
+                self.url
+            )
+        };
+        match self.js.get_stream(name).await {
+            Ok(mut stream) => {
+                let mut config = stream
+                    .info()
+                    .await
+                    .map_err(|e| fail("read", &e))?
+                    .config
+                    .clone();
+                let mut changes = Vec::new();
+                if !config
+                    .subjects
+                    .iter()
+                    .any(|x| x == ">" || x == STREAM_SUBJECTS)
+                {
+                    config.subjects.push(STREAM_SUBJECTS.to_string());
+                    changes.push(format!("subjects += {STREAM_SUBJECTS}"));
+                }
+                if !config.no_ack {
+                    config.no_ack = true;
+                    changes.push("no_ack = true".to_string());
+                }
+                if config.duplicate_window < s.duplicate_window {
+                    config.duplicate_window = s.duplicate_window;
+                    changes.push(format!("duplicate_window = {:?}", s.duplicate_window));
+                }
+                if !changes.is_empty() {
+                    self.js
+                        .update_stream(config)
+                        .await
+                        .map_err(|e| fail("update", &e))?;
+                    tracing::warn!(stream = %name, "durable delivery: updated the existing stream: {}", changes.join(", "));
+                }
+                tracing::info!(stream = %name, "durable delivery on the existing JetStream stream '{name}'");
+                Ok(stream)
+            }
+            Err(_) => {
+                let stream = self
+                    .js
+                    .create_stream(jetstream::stream::Config {
+                        name: name.clone(),
+                        subjects: vec![STREAM_SUBJECTS.to_string()],
+                        no_ack: true,
+                        duplicate_window: s.duplicate_window,
+                        max_age: s.max_age,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| fail("create", &e))?;
+                tracing::info!(stream = %name, "durable delivery: created the JetStream stream '{name}' over {STREAM_SUBJECTS}");
+                Ok(stream)
+            }
+        }
+    }
+
+    /// Opens agent `identity`'s consumers (one per pattern `subs` turns on) and its request
+    /// recorder; returns the inbox and the patterns, for the startup log.
+    pub async fn open(
+        &self,
+        identity: &Identity,
+        subs: &Subscriptions,
+        dedup_window: usize,
+    ) -> anyhow::Result<(DurableInbox, Vec<String>)> {
+        let stream = self.ensure_stream().await?;
+        let s = self.settings.clone();
+        let mut cores = SelectAll::new();
+        let mut feeds = SelectAll::new();
+        let mut patterns = Vec::new();
+        for (via, on, pattern) in [
+            (
+                Via::Legacy,
+                subs.legacy,
+                subjects::legacy_inbox(&identity.name),
+            ),
+            (
+                Via::AgentRef,
+                subs.agent_ref,
+                subjects::agent_ref_commands(&identity.id),
+            ),
+            (Via::Broadcast, subs.broadcast, subjects::broadcast()),
+        ] {
+            let consumer = subjects::durable_consumer(&identity.id, via_tag(via));
+            if !on {
+                // A pattern the manifest turned off since the last load: its backlog goes too.
+                let _ = stream.delete_consumer(&consumer).await;
+                continue;
+            }
+            let config = pull::Config {
+                durable_name: Some(consumer.clone()),
+                description: Some(format!("agent '{}' ({pattern})", identity.name)),
+                filter_subject: pattern.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: s.ack_wait,
+                // The host counts deliveries itself and dead-letters past max_deliver, so the
+                // server never drops a message silently.
+                max_deliver: -1,
+                max_ack_pending: i64::from(s.max_ack_pending),
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                ..Default::default()
+            };
+            let feed = Feed {
+                via,
+                agent: identity.name.clone(),
+                stream: stream.clone(),
+                config,
+                batch: s.max_ack_pending as usize,
+                current: None,
+            };
+            // Open once here so a bad setup fails the load instead of retrying forever.
+            let feed = feed.opened().await?;
+            feeds.push(feed.into_stream());
+            let core = self.client.subscribe(pattern.clone()).await.map_err(|e| {
+                anyhow::anyhow!("durable delivery: cannot subscribe to '{pattern}' on NATS at {} for requests: {e}", self.url)
+            })?;
+            cores.push(core);
+            patterns.push(format!("{pattern} (durable: {} / {consumer})", s.stream));
+        }
+        // The server has the subscriptions before the agent is reported ready.
+        self.client.flush().await.map_err(|e| {
+            anyhow::anyhow!(
+                "durable delivery: NATS at {} did not take the subscriptions: {e}",
+                self.url
+            )
+        })?;
+        let (tx, rx) = mpsc::channel(s.max_ack_pending as usize);
+        let pump = tokio::spawn(pump(cores, feeds, tx, identity.name.clone())).abort_handle();
+        let window = dedup_window.max(4 * s.max_ack_pending as usize);
+        Ok((
+            DurableInbox {
+                rx,
+                pump,
+                done: SeenIds::new(window),
+                settings: s,
+            },
+            patterns,
+        ))
+    }
+}
+
+fn via_tag(via: Via) -> &'static str {
+    match via {
+        Via::Legacy => "legacy",
+        Via::AgentRef => "agent-ref",
+        Via::Broadcast => "broadcast",
+    }
+}
+
+type FeedStream = Pin<Box<dyn Stream<Item = jetstream::Message> + Send>>;
+
+/// One consumer's messages, re-created when the consumer or its pull stream goes away (an
+/// operator deleted it, or the server lost it), so the agent keeps reading without help.
+struct Feed {
+    via: Via,
+    agent: String,
+    stream: JsStream,
+    config: pull::Config,
+    batch: usize,
+    current: Option<pull::Stream>,
+}
+
+impl Feed {
+    async fn opened(mut self) -> anyhow::Result<Feed> {
+        self.open().await?;
+        Ok(self)
+    }
+
+    async fn open(&mut self) -> anyhow::Result<()> {
+        let consumer = self.stream.create_consumer(self.config.clone()).await.map_err(|e| {
+            anyhow::anyhow!(
+                "durable delivery: cannot create the consumer '{}' of agent '{}' ({:?} pattern {}): {e}",
+                self.config.durable_name.as_deref().unwrap_or_default(),
+                self.agent,
+                self.via,
+                self.config.filter_subject
+            )
+        })?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.batch)
+            .heartbeat(PULL_HEARTBEAT)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "durable delivery: cannot pull from the consumer of agent '{}': {e}",
+                    self.agent
+                )
+            })?;
+        self.current = Some(messages);
+        Ok(())
+    }
+
+    fn into_stream(self) -> FeedStream {
+        Box::pin(futures::stream::unfold(self, |mut feed| async move {
+            loop {
+                let Some(current) = feed.current.as_mut() else {
+                    tokio::time::sleep(REOPEN_DELAY).await;
+                    if let Err(e) = feed.open().await {
+                        tracing::warn!("{e:#}; retrying");
+                    }
+                    continue;
+                };
+                match current.next().await {
+                    Some(Ok(m)) => return Some((m, feed)),
+                    Some(Err(e)) => {
+                        use pull::MessagesErrorKind as K;
+                        tracing::warn!(agent = %feed.agent, "durable consumer: {e}");
+                        if matches!(
+                            e.kind(),
+                            K::ConsumerDeleted | K::PushBasedConsumer | K::RequestLimitExceeded
+                        ) {
+                            feed.current = None;
+                        }
+                    }
+                    None => feed.current = None,
+                }
+            }
+        }))
+    }
+}
+
+/// Pairs core requests with their stream copies and hands stream copies to the runner.
+///
+/// Core copies are polled first (`biased`), and once more before a stream copy is matched:
+/// the server writes a request's core copy to this connection before the stream's copy, and
+/// the client hands them to their subscriptions in that order, so a request seen on the
+/// socket before its stream copy is always recorded by then.
+async fn pump(
+    mut cores: SelectAll<async_nats::Subscriber>,
+    mut feeds: SelectAll<FeedStream>,
+    tx: mpsc::Sender<DurableMessage>,
+    agent: String,
+) {
+    let mut pending = PendingRequests::default();
+    let record = |pending: &mut PendingRequests, m: async_nats::Message| {
+        if let Some(reply) = m.reply.clone() {
+            let m = crate::bus::nats::from_nats(m);
+            let key = fingerprint(&m.subject, &m.headers, &m.payload);
+            pending.record(key, reply.to_string(), Instant::now());
+        }
+    };
+    loop {
+        let m = tokio::select! {
+            biased;
+            Some(core) = cores.next() => {
+                record(&mut pending, core);
+                continue;
+            }
+            Some(m) = feeds.next() => m,
+            else => {
+                tracing::warn!(agent = %agent, "durable delivery: every consumer and subscription ended");
+                return;
+            }
+        };
+        while let Some(Some(core)) = cores.next().now_or_never() {
+            record(&mut pending, core);
+        }
+        let (sequence, delivered) = match m.info() {
+            Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
+            Err(e) => {
+                tracing::warn!(agent = %agent, "durable delivery: a message without JetStream metadata ({e}); skipped");
+                continue;
+            }
+        };
+        let (message, acker) = m.split();
+        let mut msg = crate::bus::nats::from_nats(message);
+        let key = fingerprint(&msg.subject, &msg.headers, &msg.payload);
+        msg.reply_to = pending.take(key, Instant::now());
+        let out = DurableMessage {
+            msg,
+            acker: Arc::new(acker),
+            sequence,
+            delivered,
+        };
+        if tx.send(out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Acknowledges `kind`, logging (not failing) when the server cannot be told: the message is
+/// then redelivered after ack_wait, and the handled-sequence set catches that.
+async fn acknowledge(agent: &str, acker: &jetstream::message::Acker, kind: AckKind) {
+    if let Err(e) = acker.ack_with(kind).await {
+        tracing::warn!(agent = %agent, "durable delivery: cannot send {kind:?} to NATS: {e}; the message will be redelivered and recognised");
+    }
+}

@@ -1,0 +1,250 @@
+//! Durable delivery (`[subscriptions] durable = true`): a durable agent reads its messages
+//! from the JetStream stream through its own consumers, acks only after `handle` returned Ok,
+//! keeps its backlog while it is away, and still answers requests from any NATS client.
+
+use std::time::Duration;
+
+use agent_host::config::NodeConfig;
+use async_nats::jetstream;
+use futures::StreamExt;
+
+use super::nats_server::NatsServer;
+use super::ollama::FakeOllama;
+use super::transport::round_trip;
+use crate::support::{plugin, TestNode};
+
+pub const COUNTER_ID: &str = "01936f11-4ea2-7000-8000-0000000000c1";
+pub const PROBE_ID: &str = "01936f11-4ea2-7000-8000-0000000000c2";
+
+/// A durable manifest for agent `name` with a fixed id (its consumers are named after it).
+pub fn durable_manifest(name: &str, id: &str, extra: &str) -> String {
+    format!("[agent]\nname = \"{name}\"\nid = \"{id}\"\n[subscriptions]\ndurable = true\n{extra}")
+}
+
+/// A node on `server` with durable settings short enough for tests.
+pub async fn durable_node(server: &NatsServer, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
+    let url = server.url();
+    TestNode::start_with(move |c| {
+        c.nats.url = Some(url);
+        c.nats.ack_wait_ms = 1000;
+        c.nats.retry_backoff_ms = 50;
+        tweak(c);
+    })
+    .await
+}
+
+/// Requests `payload` on `subject` from a plain NATS client; the reply as text.
+pub async fn ask(client: &async_nats::Client, subject: &str, payload: &str) -> String {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(subject.to_string(), payload.to_string().into()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("a reply to {payload:?} on {subject} within 10 s"))
+    .unwrap_or_else(|e| panic!("request {payload:?} on {subject}: {e}"));
+    String::from_utf8_lossy(&reply.payload).into_owned()
+}
+
+/// Waits (up to 20 s) until agent `name` has handled `n` messages.
+pub async fn handled_at_least(t: &TestNode, name: &str, n: u64) {
+    let wait = async {
+        while t.node.status(name).await.unwrap().handled < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("{name} handled {n} messages within 20 s"));
+}
+
+#[tokio::test]
+async fn a_durable_agent_answers_plain_clients_and_gets_what_was_sent_while_it_was_unloaded() {
+    let Some(server) = NatsServer::start("nats durable backlog") else {
+        return;
+    };
+    let t = durable_node(&server, |_| {}).await;
+    let manifest = durable_manifest("counter", COUNTER_ID, "");
+    let loaded = t.load("counter", "counter", &manifest).await;
+    assert!(
+        loaded.subscriptions.iter().any(|s| s.contains("durable")),
+        "{:?}",
+        loaded.subscriptions
+    );
+    t.load("echo", "echo", "").await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+
+    // The stream exists as durable delivery needs it.
+    let js = jetstream::new(client.clone());
+    let mut stream = js.get_stream("AGENT_MESSAGES").await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    assert!(
+        config.no_ack,
+        "core requests must get agents' replies, not stream acks"
+    );
+    assert_eq!(config.subjects, ["agent.>"]);
+    assert_eq!(config.duplicate_window, Duration::from_secs(120));
+
+    // Request/reply with the durable agent from a plain client, and with a core agent: the
+    // stream never answers in the agent's place.
+    for _ in 0..3 {
+        client
+            .publish("agent.to.counter.add", "add 1".into())
+            .await
+            .unwrap();
+    }
+    assert_eq!(ask(&client, "agent.to.counter.get", "get").await, "3");
+    assert_eq!(ask(&client, "agent.to.echo.hi", "core").await, "core");
+
+    // While it is unloaded, its messages wait in the stream for it.
+    t.node.unload("counter").await.unwrap();
+    for _ in 0..2 {
+        client
+            .publish("agent.to.counter.add", "add 1".into())
+            .await
+            .unwrap();
+    }
+    round_trip(&client).await;
+    t.load("counter", "counter", &manifest).await;
+    assert_eq!(ask(&client, "agent.to.counter.get", "get").await, "5");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_whose_handle_keeps_failing_is_retried_then_dead_lettered_with_the_error() {
+    let Some(server) = NatsServer::start("nats durable dead letter") else {
+        return;
+    };
+    let t = durable_node(&server, |c| c.nats.max_deliver = 3).await;
+    t.load("probe", "probe", &durable_manifest("probe", PROBE_ID, ""))
+        .await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut dlq = client.subscribe("agent.dlq.probe").await.unwrap();
+    round_trip(&client).await;
+
+    client
+        .publish("agent.to.probe.cmd", "fail".into())
+        .await
+        .unwrap();
+    let dead = tokio::time::timeout(Duration::from_secs(10), dlq.next())
+        .await
+        .expect("dead-lettered within 10 s")
+        .unwrap();
+    assert_eq!(&dead.payload[..], b"fail");
+    let headers = dead.headers.expect("headers on the dead letter");
+    let error = headers
+        .get("Agent-Error")
+        .expect("the error header")
+        .as_str();
+    assert!(error.contains("probe was told to fail"), "{error}");
+    assert!(error.contains("each of 3 deliveries"), "{error}");
+    assert_eq!(
+        headers.get("Agent-Original-Subject").unwrap().as_str(),
+        "agent.to.probe.cmd"
+    );
+    // Three attempts, then nothing more; the agent carries on.
+    assert_eq!(ask(&client, "agent.to.probe.cmd", "seen").await, "4");
+    let status = t.node.status("probe").await.unwrap();
+    assert_eq!((status.errors, status.dead_lettered), (3, 1), "{status:?}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn progress_acks_keep_a_handle_longer_than_ack_wait_from_being_redelivered() {
+    let Some(server) = NatsServer::start("nats durable progress") else {
+        return;
+    };
+    let fake = FakeOllama::start().await;
+    fake.set(|s| s.delay = Duration::from_millis(2500));
+    let url = fake.url.clone();
+    let t = durable_node(&server, move |c| {
+        c.nats.ack_wait_ms = 600;
+        c.llm.ollama_url = url;
+    })
+    .await;
+    let grants = "[llm]\nmodels = [\"slow\"]\n[limits]\ncpu_ms_per_message = 200\n";
+    t.load(
+        "probe",
+        "probe",
+        &durable_manifest("probe", PROBE_ID, grants),
+    )
+    .await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let answer = ask(&client, "agent.to.probe.cmd", "chat slow think hard").await;
+    assert!(answer.contains("think hard"), "{answer}");
+
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream("AGENT_MESSAGES").await.unwrap();
+    let mut consumer: jetstream::consumer::PullConsumer = stream
+        .get_consumer(&format!("agent-{PROBE_ID}-legacy"))
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(
+        info.num_redelivered, 0,
+        "a 2.5 s handle with ack_wait 0.6 s was not redelivered"
+    );
+    assert_eq!(info.num_ack_pending, 0, "and it was acked");
+    assert_eq!(fake.requests(), 1, "the LLM was called once");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn upgrading_a_durable_agent_mid_stream_loses_and_repeats_nothing() {
+    let Some(server) = NatsServer::start("nats durable upgrade") else {
+        return;
+    };
+    let t = durable_node(&server, |_| {}).await;
+    t.load(
+        "counter",
+        "counter",
+        &durable_manifest("counter", COUNTER_ID, ""),
+    )
+    .await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    const N: usize = 400;
+    let publisher = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for _ in 0..N {
+                client
+                    .publish("agent.to.counter.add", "add 1".into())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            round_trip(&client).await;
+        })
+    };
+    handled_at_least(&t, "counter", 50).await;
+    let report = t
+        .node
+        .upgrade("counter", &plugin("counter_v2"))
+        .await
+        .expect("the upgrade succeeds mid-stream");
+    assert!(report.to_version.contains('2'), "{report:?}");
+    publisher.await.unwrap();
+    assert_eq!(
+        ask(&client, "agent.to.counter.get", "get").await,
+        N.to_string()
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_durable_manifest_on_the_embedded_bus_is_refused_naming_the_field_and_the_fix() {
+    let t = TestNode::start().await;
+    let err = t
+        .try_load(
+            "counter",
+            "counter",
+            &durable_manifest("counter", COUNTER_ID, ""),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("counter.toml"), "{err}");
+    assert!(err.contains("field subscriptions.durable"), "{err}");
+    assert!(err.contains("NATS_URL"), "{err}");
+    assert!(t.node.list().await.is_empty());
+    t.stop().await;
+}
