@@ -11,6 +11,9 @@ mod agents;
 /// Durable delivery through JetStream consumers.
 #[path = "nats/durable.rs"]
 mod durable;
+/// Faults with durable agents: server restart, SIGKILL, oversized messages.
+#[path = "nats/faults.rs"]
+mod faults;
 /// Storage on JetStream KV.
 #[path = "nats/kv.rs"]
 mod kv;
