@@ -135,6 +135,7 @@ impl Node {
     }
 
     /// Loads every agent the node config lists; the first failure stops the start.
+    /// `AGENT_NAME`/`AGENT_ID`/`CAPABILITY_CLUSTER` apply here (to the one agent listed).
     pub async fn load_configured_agents(&self) -> anyhow::Result<()> {
         for entry in self.config.agents.clone() {
             let req = LoadRequest {
@@ -142,7 +143,8 @@ impl Node {
                 manifest: Some(entry.manifest.clone()),
                 name: None,
             };
-            self.load(req).await.map_err(|e| {
+            let over = self.config.agent_override.clone();
+            self.load_overriding(req, &over).await.map_err(|e| {
                 anyhow::anyhow!("node config: agent {}: {e}", entry.manifest.display())
             })?;
         }
@@ -151,6 +153,14 @@ impl Node {
 
     /// Loads an agent. Nothing of the node changes when this fails.
     pub async fn load(&self, req: LoadRequest) -> anyhow::Result<AgentSummary> {
+        self.load_overriding(req, &Default::default()).await
+    }
+
+    async fn load_overriding(
+        &self,
+        req: LoadRequest,
+        over: &crate::config::AgentOverride,
+    ) -> anyhow::Result<AgentSummary> {
         let mut manifest = match &req.manifest {
             Some(path) => Manifest::from_file(path)?,
             None => {
@@ -168,6 +178,7 @@ impl Node {
             crate::subjects::validate_name(name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
             manifest.agent.name = name.clone();
         }
+        over.apply(&mut manifest);
         let component = req.component.clone().or_else(|| manifest.agent.component.clone()).ok_or_else(|| {
             anyhow::anyhow!("no component to load: give one (host load plugin.wasm --manifest ...) or set [agent] component in the manifest")
         })?;

@@ -309,3 +309,59 @@ async fn host_run_with_a_nats_url_serves_agents_over_nats() {
     assert!(log.contains("messaging on NATS"), "{log}");
     assert!(node.stop().success());
 }
+
+#[tokio::test]
+async fn the_seed_environment_of_a_one_agent_process_configures_the_node_and_its_agent() {
+    let Some(server) = NatsServer::start("nats seed env") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = format!(
+        "[agent]\nname = \"echo\"\ncomponent = {:?}\n[subscriptions]\ndurable = true\n",
+        crate::support::plugin("echo").display().to_string()
+    );
+    std::fs::write(dir.path().join("agent.toml"), manifest).unwrap();
+    let config_path = dir.path().join("node.toml");
+    let text = "[http]\nlisten = \"off\"\n[[agents]]\nmanifest = \"agent.toml\"\n";
+    let id = "01936f11-4ea2-7000-8000-0000000000e1";
+    let url = server.url();
+    let env = |name: &str| -> Option<String> {
+        Some(match name {
+            "NATS_URL" => url.clone(),
+            "STREAM_NAME" => "FLEET_MESSAGES".into(),
+            "AGENT_NAME" => "ddd-expert".into(),
+            "AGENT_ID" => id.into(),
+            "CAPABILITY_CLUSTER" => "domain-modeling".into(),
+            "ENABLE_UNIFIED_SUBJECTS" => "true".into(),
+            "SNAPSHOT_FREQUENCY" => "7".into(),
+            _ => return None,
+        })
+    };
+    let config = agent_host::config::NodeConfig::parse(text, Some(&config_path), &env).unwrap();
+    assert_eq!(config.node.snapshot_every, 7);
+    assert!(config.node.unified_subjects);
+    let node = Node::start(config).await.expect("node on NATS");
+    node.load_configured_agents().await.unwrap();
+
+    let agents = node.list().await;
+    assert_eq!(agents.len(), 1);
+    let a = &agents[0];
+    assert_eq!(
+        (a.name.as_str(), a.cluster.as_str(), a.id.as_str()),
+        ("ddd-expert", "domain-modeling", id)
+    );
+    // Reachable on its agent-ref subject from any client, through the stream STREAM_NAME names.
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let subject = format!("agent.domain-modeling.ddd-expert.{id}.command.hi");
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(subject, "seeded".into()),
+    )
+    .await
+    .expect("a reply within 10 s")
+    .unwrap();
+    assert_eq!(&reply.payload[..], b"seeded");
+    let js = async_nats::jetstream::new(client);
+    assert!(js.get_stream("FLEET_MESSAGES").await.is_ok());
+    node.shutdown().await;
+}

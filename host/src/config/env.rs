@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use super::llm::base_url;
 use super::read::check_stream_name;
 use super::{ConfigError, NodeConfig};
+use crate::subjects::{validate_name, RESERVED_CLUSTERS};
 
-/// Every variable the node reads, for docs and `host check`.
-pub const ENV_VARS: [&str; 7] = [
+/// Every variable the node config reads, for docs and `host check` (`LOG_LEVEL` is read by
+/// the logger itself).
+pub const ENV_VARS: [&str; 10] = [
     "ENABLE_UNIFIED_SUBJECTS",
     "SNAPSHOT_FREQUENCY",
     "HOST_CONTROL",
@@ -18,6 +20,9 @@ pub const ENV_VARS: [&str; 7] = [
     "OLLAMA_NUM_PARALLEL",
     "NATS_URL",
     "STREAM_NAME",
+    "AGENT_NAME",
+    "AGENT_ID",
+    "CAPABILITY_CLUSTER",
 ];
 
 pub(super) fn apply(
@@ -64,7 +69,65 @@ pub(super) fn apply(
         check_stream_name(&v).map_err(|e| ConfigError::in_env("STREAM_NAME", e))?;
         config.nats.stream_name = v;
     }
-    Ok(())
+    agent_identity(config, &get)
+}
+
+/// `AGENT_NAME`, `AGENT_ID`, `CAPABILITY_CLUSTER`: checked like the manifest fields they
+/// replace, and only accepted when the node config lists exactly one agent.
+fn agent_identity(
+    config: &mut NodeConfig,
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let mut set = Vec::new();
+    if let Some(v) = get("AGENT_NAME") {
+        let v = v.trim().to_string();
+        validate_name(&v).map_err(|e| ConfigError::in_env("AGENT_NAME", e))?;
+        config.agent_override.name = Some(v);
+        set.push("AGENT_NAME");
+    }
+    if let Some(v) = get("AGENT_ID") {
+        let id =
+            crate::manifest::parse_id(v.trim()).map_err(|e| ConfigError::in_env("AGENT_ID", e))?;
+        config.agent_override.id = Some(id);
+        set.push("AGENT_ID");
+    }
+    if let Some(v) = get("CAPABILITY_CLUSTER") {
+        let v = v.trim().to_string();
+        validate_name(&v).map_err(|e| ConfigError::in_env("CAPABILITY_CLUSTER", e))?;
+        if RESERVED_CLUSTERS.contains(&v.as_str()) {
+            return Err(ConfigError::in_env(
+                "CAPABILITY_CLUSTER",
+                format!("{v:?} is reserved (it would make subject patterns overlap); choose another cluster name"),
+            ));
+        }
+        config.agent_override.cluster = Some(v);
+        set.push("CAPABILITY_CLUSTER");
+    }
+    let Some(first) = set.first() else {
+        return Ok(());
+    };
+    match config.agents.len() {
+        1 => Ok(()),
+        0 => Err(ConfigError::in_env(
+            first,
+            format!(
+                "{} name(s) the agent of a one-agent node, but the node config lists no [[agents]]; \
+                 add one [[agents]] manifest = \"...\" entry, or unset {}",
+                set.join(", "),
+                set.join(", ")
+            ),
+        )),
+        n => Err(ConfigError::in_env(
+            first,
+            format!(
+                "{} would give all {n} agents of the node config the same identity; \
+                 unset {} and set each agent's [agent] name/id/cluster in its manifest, \
+                 or run one node per agent",
+                set.join(", "),
+                set.join(", ")
+            ),
+        )),
+    }
 }
 
 fn number(var: &str, value: &str, example: &str) -> Result<u32, ConfigError> {

@@ -35,6 +35,50 @@ pub struct NodeConfig {
     pub nats: NatsSection,
     /// Agents to load at start, in file order.
     pub agents: Vec<AgentEntry>,
+    /// `AGENT_NAME`, `AGENT_ID`, `CAPABILITY_CLUSTER`: identity overrides for the one agent
+    /// `agents` lists (see [`AgentOverride`]).
+    pub agent_override: AgentOverride,
+}
+
+/// The identity variables of the one-agent-per-process deployment (`AGENT_NAME`,
+/// `AGENT_ID`, `CAPABILITY_CLUSTER`), kept so its unit files work unchanged: they override
+/// the `[agent]` name, id and cluster in the manifest of the single agent the node config
+/// lists. With no or several `[[agents]]` they are refused, since they could not say which
+/// agent they mean.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentOverride {
+    pub name: Option<String>,
+    pub id: Option<uuid::Uuid>,
+    pub cluster: Option<String>,
+}
+
+impl AgentOverride {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.id.is_none() && self.cluster.is_none()
+    }
+
+    /// Puts the overridden fields into `manifest`, logging each change.
+    pub fn apply(&self, manifest: &mut crate::manifest::Manifest) {
+        let agent = &mut manifest.agent;
+        if let Some(name) = &self.name {
+            tracing::info!(
+                "AGENT_NAME={name} overrides the manifest's name '{}'",
+                agent.name
+            );
+            agent.name = name.clone();
+        }
+        if let Some(id) = self.id {
+            tracing::info!("AGENT_ID={id} overrides the manifest's id {}", agent.id);
+            agent.id = id;
+        }
+        if let Some(cluster) = &self.cluster {
+            tracing::info!(
+                "CAPABILITY_CLUSTER={cluster} overrides the manifest's cluster '{}'",
+                agent.cluster
+            );
+            agent.cluster = cluster.clone();
+        }
+    }
 }
 
 /// Identity and message-handling policy of this node.
@@ -210,6 +254,7 @@ impl Default for NodeConfig {
             llm: LlmSection::default(),
             nats: NatsSection::default(),
             agents: Vec::new(),
+            agent_override: AgentOverride::default(),
         }
     }
 }

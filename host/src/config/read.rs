@@ -34,6 +34,7 @@ pub(super) fn node_config(
         llm: super::llm::llm(&root)?,
         nats: nats(&root)?,
         agents: agents(&root, source)?,
+        agent_override: Default::default(),
     })
 }
 

@@ -180,7 +180,11 @@ manifest = "/etc/agents/sage.toml"
     );
     assert_eq!(c.nats.connect_timeout_ms, 1500);
     assert_eq!(
-        (c.nats.ack_wait_ms, c.nats.max_deliver, c.nats.retry_backoff_ms),
+        (
+            c.nats.ack_wait_ms,
+            c.nats.max_deliver,
+            c.nats.retry_backoff_ms
+        ),
         (10_000, 7, 250)
     );
     assert_eq!(
@@ -417,6 +421,83 @@ fn nats_env_sets_url_and_stream() {
         err.starts_with("environment variable STREAM_NAME: \"a b\" contains ' '"),
         "{err}"
     );
+}
+
+/// A config listing `agents` agents, with `vars` as the environment.
+fn with_agents_and_env(agents: usize, vars: &[(&str, &str)]) -> Result<NodeConfig, ConfigError> {
+    let text = "[[agents]]\nmanifest = \"a.toml\"\n".repeat(agents);
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    NodeConfig::parse(&text, Some(Path::new("node.toml")), &move |k| {
+        map.get(k).cloned()
+    })
+}
+
+#[test]
+fn agent_identity_env_overrides_the_one_configured_agent() {
+    let c = with_agents_and_env(
+        1,
+        &[
+            ("AGENT_NAME", "ddd-expert"),
+            ("AGENT_ID", "01936f11-4ea2-7000-8000-000000000001"),
+            ("CAPABILITY_CLUSTER", "domain-modeling"),
+        ],
+    )
+    .unwrap();
+    let o = &c.agent_override;
+    assert_eq!(o.name.as_deref(), Some("ddd-expert"));
+    assert_eq!(
+        o.id.unwrap().to_string(),
+        "01936f11-4ea2-7000-8000-000000000001"
+    );
+    assert_eq!(o.cluster.as_deref(), Some("domain-modeling"));
+    assert!(with_agents_and_env(3, &[])
+        .unwrap()
+        .agent_override
+        .is_empty());
+}
+
+#[test]
+fn agent_identity_env_is_refused_when_it_cannot_say_which_agent_it_means() {
+    let none = with_agents_and_env(0, &[("AGENT_NAME", "sage")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        none.starts_with("environment variable AGENT_NAME: AGENT_NAME name(s) the agent of a one-agent node, but the node config lists no [[agents]]"),
+        "{none}"
+    );
+    let many = with_agents_and_env(2, &[("AGENT_ID", "01936f11-4ea2-7000-8000-000000000001")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        many.contains("AGENT_ID would give all 2 agents of the node config the same identity"),
+        "{many}"
+    );
+}
+
+#[test]
+fn agent_identity_env_values_are_checked_like_the_manifest_fields() {
+    for (var, value, expected) in [
+        ("AGENT_NAME", "Sage", "expected lower-case letters"),
+        ("AGENT_ID", "42", "is not a UUID"),
+        (
+            "AGENT_ID",
+            "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+            "is a version 1 UUID; expected a UUID v7",
+        ),
+        ("CAPABILITY_CLUSTER", "to", "is reserved"),
+        ("CAPABILITY_CLUSTER", "a.b", "contains '.'"),
+    ] {
+        let err = with_agents_and_env(1, &[(var, value)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("environment variable {var}: ")) && err.contains(expected),
+            "{var}={value}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -15,6 +15,7 @@ use crate::subjects;
 
 mod describe;
 mod read;
+pub(crate) use read::parse_id;
 #[cfg(test)]
 mod tests;
 

@@ -105,7 +105,7 @@ fn agent(
     })
 }
 
-fn parse_id(text: &str) -> Result<Uuid, String> {
+pub(crate) fn parse_id(text: &str) -> Result<Uuid, String> {
     let id = Uuid::parse_str(text).map_err(|e| {
         format!("{text:?} is not a UUID ({e}); expected a UUID v7 like {EXAMPLE_ID}, or leave id out to generate one")
     })?;
