@@ -13,6 +13,13 @@ mod nats_server;
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use agent_host::agent::native::{NativeFactory, NativeGuest};
+use agent_host::agent::AgentStore;
+use agent_host::bindings::agent::host::messaging::Host as _;
+use agent_host::bindings::Message;
+use agent_host::capabilities::messaging::MessagingView;
 use agent_host::config::NodeConfig;
 use agent_host::node::{LoadRequest, Node};
 use common::{build_plugins, emit, median};
@@ -80,6 +87,25 @@ async fn load(client: &async_nats::Client, subject: &'static str) -> (f64, Vec<f
     )
 }
 
+/// Echo in native Rust through the same runner and messaging capability: separates what
+/// the NATS plumbing costs from what the Wasm call costs.
+struct NativeEcho;
+
+#[async_trait::async_trait]
+impl NativeGuest for NativeEcho {
+    async fn handle(&mut self, store: &mut AgentStore, msg: &Message) -> Result<(), String> {
+        let Some(to) = msg.reply_to.clone() else {
+            return Ok(());
+        };
+        let mut view = MessagingView::of(store);
+        match view.publish(to, Vec::new(), msg.payload.clone()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("{e:?}")),
+            Err(trap) => Err(trap.to_string()),
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let Some(server) = nats_server::NatsServer::start("cargo bench --bench nats") else {
@@ -112,25 +138,39 @@ async fn main() {
     .await
     .expect("echo loads");
 
+    let factory: NativeFactory = Arc::new(|| Box::new(NativeEcho) as Box<dyn NativeGuest>);
+    node.load_native("native-echo", factory)
+        .await
+        .expect("native echo loads");
+
     let client = async_nats::connect(server.url()).await.unwrap();
-    // Warm up both paths.
+    // Warm up every path.
     load(&client, "agent.to.echo.x").await;
+    load(&client, "agent.to.native-echo.x").await;
     load(&client, "raw.echo").await;
 
     let (mut host_rates, mut raw_rates, mut host_lat, mut raw_lat) =
         (vec![], vec![], vec![], vec![]);
+    let (mut native_rates, mut ratios, mut native_ratios) = (vec![], vec![], vec![]);
     for _ in 0..RUNS {
         let (rate, lat) = load(&client, "agent.to.echo.x").await;
         host_rates.push(rate);
         host_lat.extend(lat);
+        let (native, _) = load(&client, "agent.to.native-echo.x").await;
+        native_rates.push(native);
         let (rate, lat) = load(&client, "raw.echo").await;
         raw_rates.push(rate);
         raw_lat.extend(lat);
+        ratios.push(host_rates.last().unwrap() / rate);
+        native_ratios.push(native / rate);
     }
-    let (host, raw) = (median(host_rates), median(raw_rates));
-    emit("nats_msgs_per_s", host, "msg/s");
-    emit("raw_nats_msgs_per_s", raw, "msg/s");
-    emit("nats_ratio_vs_raw", host / raw, "ratio");
+    emit("nats_msgs_per_s", median(host_rates), "msg/s");
+    emit("raw_nats_msgs_per_s", median(raw_rates), "msg/s");
+    emit("nats_native_msgs_per_s", median(native_rates), "msg/s");
+    // Medians of the per-round ratios: each round runs host and raw back to back, so
+    // machine noise hits both sides of a ratio alike.
+    emit("nats_ratio_vs_raw", median(ratios), "ratio");
+    emit("nats_native_ratio_vs_raw", median(native_ratios), "ratio");
     emit(
         "nats_request_p50_us",
         common::percentile(&mut host_lat, 0.5),

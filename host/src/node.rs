@@ -81,6 +81,7 @@ impl Node {
                     url: url.clone(),
                     connection_name: format!("agent-host {}", config.node.name),
                     connect_timeout: timeout,
+                    subscription_capacity: config.node.mailbox_capacity,
                 })
                 .await?;
                 let kv = NatsKv::open(

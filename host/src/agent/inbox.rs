@@ -75,17 +75,17 @@ impl Inbox {
         let broadcast = one(subs.broadcast, subjects::broadcast());
         let inbox = Inbox {
             legacy: if legacy.0 {
-                Some(bus.subscribe(&legacy.1, capacity).await?)
+                Some(bus.subscribe_inbox(&legacy.1, capacity).await?)
             } else {
                 None
             },
             agent_ref: if agent_ref.0 {
-                Some(bus.subscribe(&agent_ref.1, capacity).await?)
+                Some(bus.subscribe_inbox(&agent_ref.1, capacity).await?)
             } else {
                 None
             },
             broadcast: if broadcast.0 {
-                Some(bus.subscribe(&broadcast.1, capacity).await?)
+                Some(bus.subscribe_inbox(&broadcast.1, capacity).await?)
             } else {
                 None
             },

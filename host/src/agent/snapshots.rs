@@ -56,11 +56,18 @@ impl SnapshotWriter {
         let task = {
             let (pending, wake, closed) = (pending.clone(), wake.clone(), closed.clone());
             tokio::spawn(async move {
+                // A state that did not change since the last write is not written again: a
+                // stateless agent would otherwise cost a KV write (a JetStream round trip on
+                // NATS) every SNAPSHOT_FREQUENCY messages for nothing.
+                let mut written: Option<Vec<u8>> = None;
                 loop {
                     wake.notified().await;
                     let next = pending.lock().expect("snapshot lock").take();
                     if let Some(bytes) = next {
-                        write(store.as_ref(), &agent_id, &agent_name, &bytes).await;
+                        if written.as_deref() != Some(bytes.as_slice()) {
+                            let ok = write(store.as_ref(), &agent_id, &agent_name, &bytes).await;
+                            written = ok.then_some(bytes);
+                        }
                     }
                     if closed.load(Ordering::Acquire) {
                         return;
@@ -104,13 +111,22 @@ impl Drop for SnapshotWriter {
     }
 }
 
-/// Writes one snapshot now.
-pub async fn write(store: &dyn KvBackend, agent_id: &str, agent_name: &str, encoded: &[u8]) {
-    if let Err(e) = store
+/// Writes one snapshot now; false (and logged) when the store refused it.
+pub async fn write(
+    store: &dyn KvBackend,
+    agent_id: &str,
+    agent_name: &str,
+    encoded: &[u8],
+) -> bool {
+    match store
         .set(SNAPSHOT_NAMESPACE, agent_id, encoded, &Quota::UNLIMITED)
         .await
     {
-        tracing::warn!(agent = %agent_name, "cannot persist snapshot: {e}");
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(agent = %agent_name, "cannot persist snapshot: {e}");
+            false
+        }
     }
 }
 
@@ -125,6 +141,27 @@ mod tests {
             decode(&bytes),
             Some(("1.2.0".to_string(), b"{\"count\":3}\n".to_vec()))
         );
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_snapshot_is_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn KvBackend> =
+            Arc::new(crate::storage::EmbeddedKv::open(&dir.path().join("kv.redb")).unwrap());
+        let writer = SnapshotWriter::spawn(store.clone(), "id-1".into(), "a".into());
+        let revision = || async {
+            let entry = store.get(SNAPSHOT_NAMESPACE, "id-1").await.unwrap();
+            entry.map(|e| e.revision)
+        };
+        writer.submit(encode("1.0.0", b"same"));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let first = revision().await.expect("written once");
+        writer.submit(encode("1.0.0", b"same"));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(revision().await, Some(first), "not rewritten");
+        writer.submit(encode("1.0.0", b"changed"));
+        writer.close().await;
+        assert!(revision().await.unwrap() > first, "a change is written");
     }
 
     #[tokio::test]

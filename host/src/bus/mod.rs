@@ -94,6 +94,18 @@ pub trait Transport: Send + Sync + 'static {
     /// buffer: when full, new messages for it are dropped and counted.
     async fn subscribe(&self, pattern: &str, capacity: usize) -> Result<Subscription, BusError>;
 
+    /// Subscribes an agent's inbox pattern. Like [`Transport::subscribe`]; a transport may
+    /// read from its own client's buffer instead (NATS: sized by the connection's
+    /// subscription capacity, drops counted in [`Transport::dropped`] and logged), sparing a
+    /// hop per message on the hot path.
+    async fn subscribe_inbox(
+        &self,
+        pattern: &str,
+        capacity: usize,
+    ) -> Result<Subscription, BusError> {
+        self.subscribe(pattern, capacity).await
+    }
+
     /// Publishes with a fresh reply inbox and waits for the first reply. NoResponders at
     /// once when nothing subscribes to the subject (NATS does this too), Timeout after
     /// `timeout`.
@@ -112,21 +124,45 @@ pub trait Transport: Send + Sync + 'static {
 /// this a slow consumer), which [`Subscription::dropped`] counts. Dropping the
 /// Subscription unsubscribes: the bus stops routing to it and frees its entry.
 pub struct Subscription {
-    rx: mpsc::Receiver<BusMessage>,
+    source: Source,
     stats: Arc<SinkStats>,
     unsubscribe: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+/// Where a subscription's messages come from: the host's own bounded buffer, or (for agent
+/// inboxes on NATS, see [`Transport::subscribe_inbox`]) the NATS client's subscription
+/// buffer directly, which spares a task hop per message.
+enum Source {
+    Channel(mpsc::Receiver<BusMessage>),
+    Nats(async_nats::Subscriber),
 }
 
 impl Subscription {
     /// The next message; `None` once the bus has shut down. Cancel-safe, so it can sit in a
     /// `select!` without losing messages.
     pub async fn next(&mut self) -> Option<BusMessage> {
-        self.rx.recv().await
+        match &mut self.source {
+            Source::Channel(rx) => rx.recv().await,
+            Source::Nats(sub) => futures::StreamExt::next(sub).await.map(nats::from_nats),
+        }
     }
 
     /// A message already buffered, if any, without waiting.
     pub fn try_next(&mut self) -> Option<BusMessage> {
-        self.rx.try_recv().ok()
+        match &mut self.source {
+            Source::Channel(rx) => rx.try_recv().ok(),
+            Source::Nats(sub) => futures::FutureExt::now_or_never(futures::StreamExt::next(sub))
+                .flatten()
+                .map(nats::from_nats),
+        }
+    }
+
+    /// A subscription read straight from a NATS client subscription; its drops are counted
+    /// by the client's slow-consumer events (bus-wide), not here.
+    pub(crate) fn from_nats_subscriber(pattern: &str, sub: async_nats::Subscriber) -> Self {
+        let (_, mut subscription) = subscription_channel(pattern, 1);
+        subscription.source = Source::Nats(sub);
+        subscription
     }
 
     /// The pattern this subscription was made with.
@@ -181,7 +217,7 @@ pub(crate) fn subscription_channel(pattern: &str, capacity: usize) -> (Sink, Sub
     (
         sink,
         Subscription {
-            rx,
+            source: Source::Channel(rx),
             stats,
             unsubscribe: None,
         },

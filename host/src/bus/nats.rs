@@ -35,6 +35,9 @@ pub struct NatsOptions {
     pub connection_name: String,
     /// How long one connection attempt may take, at start and on each reconnect.
     pub connect_timeout: Duration,
+    /// Messages the client buffers per subscription before it drops new ones (a slow
+    /// consumer, counted and logged); agent inboxes read from this buffer directly.
+    pub subscription_capacity: usize,
 }
 
 impl NatsOptions {
@@ -44,6 +47,7 @@ impl NatsOptions {
             url: url.into(),
             connection_name: "agent-host".to_string(),
             connect_timeout: Duration::from_secs(5),
+            subscription_capacity: 64 * 1024,
         }
     }
 }
@@ -82,6 +86,7 @@ impl NatsBus {
         let client = async_nats::ConnectOptions::new()
             .name(&options.connection_name)
             .connection_timeout(options.connect_timeout)
+            .subscription_capacity(options.subscription_capacity.max(1))
             .event_callback(move |event| {
                 let shared = events.clone();
                 async move { shared.on_event(event) }
@@ -167,6 +172,20 @@ impl NatsBus {
         }
     }
 
+    /// Runs `send` bounded by the send timeout. The client's queue almost always has room,
+    /// so the first poll usually finishes it and no timer is armed (a timer per publish was a
+    /// measurable share of the request path).
+    async fn within_send_timeout<F: std::future::Future>(
+        &self,
+        send: F,
+    ) -> Result<F::Output, tokio::time::error::Elapsed> {
+        let mut send = std::pin::pin!(send);
+        if let Some(done) = futures::FutureExt::now_or_never(&mut send) {
+            return Ok(done);
+        }
+        tokio::time::timeout(self.shared.send_timeout, send).await
+    }
+
     fn unreachable(&self, what: &str) -> BusError {
         BusError::Unavailable(format!(
             "{what}: NATS at {} did not take the message within {:?} (disconnected: the host is reconnecting by itself)",
@@ -219,11 +238,11 @@ impl Transport for NatsBus {
                 let send = self
                     .client
                     .publish_with_reply_and_headers(subject, reply, headers, payload);
-                tokio::time::timeout(self.shared.send_timeout, send).await
+                self.within_send_timeout(send).await
             }
             None => {
                 let send = self.client.publish_with_headers(subject, headers, payload);
-                tokio::time::timeout(self.shared.send_timeout, send).await
+                self.within_send_timeout(send).await
             }
         };
         match sent {
@@ -262,6 +281,30 @@ impl Transport for NatsBus {
         });
         let feeder = feeder.abort_handle();
         Ok(sub.on_drop(move || feeder.abort()))
+    }
+
+    /// Straight from the client's subscription buffer: no feeding task, one hop less per
+    /// message. Sized by [`NatsOptions::subscription_capacity`]; drops are counted from the
+    /// client's slow-consumer events.
+    async fn subscribe_inbox(
+        &self,
+        pattern: &str,
+        _capacity: usize,
+    ) -> Result<Subscription, BusError> {
+        subjects::validate_pattern(pattern).map_err(BusError::InvalidSubject)?;
+        let subscribe = self.client.subscribe(pattern.to_string());
+        let incoming = match tokio::time::timeout(self.shared.send_timeout, subscribe).await {
+            Ok(Ok(sub)) => sub,
+            Ok(Err(e)) => {
+                return Err(BusError::Unavailable(format!(
+                    "subscribe to '{pattern}' on NATS at {} failed: {e}",
+                    self.shared.url
+                )))
+            }
+            Err(_) => return Err(self.unreachable("subscribe")),
+        };
+        self.confirm(&format!("subscription to '{pattern}'")).await;
+        Ok(Subscription::from_nats_subscriber(pattern, incoming))
     }
 
     async fn request(&self, msg: BusMessage, timeout: Duration) -> Result<BusMessage, BusError> {
