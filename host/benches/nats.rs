@@ -58,8 +58,29 @@ async fn durable_run(node: &Node, client: &async_nats::Client, name: &str) -> f6
     DURABLE_BATCH as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Requests/s answered on `subject` with REQUESTERS concurrent requesters on one connection.
-async fn load(client: &async_nats::Client, subject: &'static str) -> (f64, Vec<f64>) {
+/// CPU time this process (client load, host or raw responder) has used so far, from
+/// /proc/self/stat (utime + stime, in clock ticks of 10 ms).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Fields 14 and 15 of the whole line are 12 and 13 after the command name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Requests/s answered on `subject` with REQUESTERS concurrent requesters on one connection,
+/// the latencies, and this process's CPU µs per request.
+async fn load(client: &async_nats::Client, subject: &'static str) -> (f64, Vec<f64>, f64) {
+    let cpu_before = process_cpu();
     let until = Instant::now() + RUN;
     let tasks = (0..REQUESTERS).map(|_| {
         let client = client.clone();
@@ -81,9 +102,11 @@ async fn load(client: &async_nats::Client, subject: &'static str) -> (f64, Vec<f
     for task in futures::future::join_all(tasks).await {
         latencies.extend(task.unwrap());
     }
+    let cpu_us = (process_cpu() - cpu_before).as_secs_f64() * 1e6 / latencies.len().max(1) as f64;
     (
         latencies.len() as f64 / started.elapsed().as_secs_f64(),
         latencies,
+        cpu_us,
     )
 }
 
@@ -152,15 +175,19 @@ async fn main() {
     let (mut host_rates, mut raw_rates, mut host_lat, mut raw_lat) =
         (vec![], vec![], vec![], vec![]);
     let (mut native_rates, mut ratios, mut native_ratios) = (vec![], vec![], vec![]);
+    let (mut host_cpu, mut native_cpu, mut raw_cpu) = (vec![], vec![], vec![]);
     for _ in 0..RUNS {
-        let (rate, lat) = load(&client, "agent.to.echo.x").await;
+        let (rate, lat, cpu) = load(&client, "agent.to.echo.x").await;
         host_rates.push(rate);
         host_lat.extend(lat);
-        let (native, _) = load(&client, "agent.to.native-echo.x").await;
+        host_cpu.push(cpu);
+        let (native, _, cpu) = load(&client, "agent.to.native-echo.x").await;
         native_rates.push(native);
-        let (rate, lat) = load(&client, "raw.echo").await;
+        native_cpu.push(cpu);
+        let (rate, lat, cpu) = load(&client, "raw.echo").await;
         raw_rates.push(rate);
         raw_lat.extend(lat);
+        raw_cpu.push(cpu);
         ratios.push(host_rates.last().unwrap() / rate);
         native_ratios.push(native / rate);
     }
@@ -171,6 +198,15 @@ async fn main() {
     // machine noise hits both sides of a ratio alike.
     emit("nats_ratio_vs_raw", median(ratios), "ratio");
     emit("nats_native_ratio_vs_raw", median(native_ratios), "ratio");
+    // CPU of this process (requesters + responder side) per request: what the host adds
+    // over a raw responder, independent of how busy the rest of the machine is.
+    emit("nats_process_cpu_us_per_request", median(host_cpu), "us");
+    emit(
+        "nats_native_process_cpu_us_per_request",
+        median(native_cpu),
+        "us",
+    );
+    emit("raw_nats_process_cpu_us_per_request", median(raw_cpu), "us");
     emit(
         "nats_request_p50_us",
         common::percentile(&mut host_lat, 0.5),

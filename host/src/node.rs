@@ -81,7 +81,7 @@ impl Node {
                     url: url.clone(),
                     connection_name: format!("agent-host {}", config.node.name),
                     connect_timeout: timeout,
-                    subscription_capacity: config.node.mailbox_capacity,
+                    subscription_capacity: config.nats.subscription_capacity as usize,
                 })
                 .await?;
                 let kv = NatsKv::open(

@@ -169,6 +169,9 @@ pub struct NatsSection {
     /// How long the stream keeps messages, when the node creates it (an existing stream keeps
     /// its own limits).
     pub stream_max_age_secs: u64,
+    /// Messages the NATS client buffers per subscription (an agent inbox, a durable agent's
+    /// request recorder) before it drops new ones, counted and logged as a slow consumer.
+    pub subscription_capacity: u32,
 }
 
 /// One agent to load at start.
@@ -237,6 +240,7 @@ impl Default for NatsSection {
             duplicate_window_secs: 120,
             max_ack_pending: 64,
             stream_max_age_secs: 7 * 24 * 3600,
+            subscription_capacity: 65_536,
         }
     }
 }

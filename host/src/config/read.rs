@@ -226,6 +226,7 @@ fn nats(root: &Section) -> Result<NatsSection, FieldError> {
             "duplicate_window_secs",
             "max_ack_pending",
             "stream_max_age_secs",
+            "subscription_capacity",
         ],
     )?;
     let d = NatsSection::default();
@@ -293,6 +294,13 @@ fn nats(root: &Section) -> Result<NatsSection, FieldError> {
         stream_max_age_secs: s
             .uint("stream_max_age_secs", "604800")?
             .unwrap_or(d.stream_max_age_secs),
+        subscription_capacity: s
+            .positive(
+                "subscription_capacity",
+                "65536",
+                "every message would be dropped",
+            )?
+            .unwrap_or(d.subscription_capacity),
     })
 }
 

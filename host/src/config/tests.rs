@@ -88,6 +88,7 @@ fn no_file_means_the_documented_defaults() {
             duplicate_window_secs: 120,
             max_ack_pending: 64,
             stream_max_age_secs: 604_800,
+            subscription_capacity: 65_536,
         }
     );
     assert!(c.agents.is_empty());

@@ -382,9 +382,14 @@ impl Feed {
                     Some(Err(e)) => {
                         use pull::MessagesErrorKind as K;
                         tracing::warn!(agent = %feed.agent, "durable consumer: {e}");
+                        // A missed heartbeat means the server holds no pull request of
+                        // ours (e.g. one was lost): pull afresh rather than wait for expiry.
                         if matches!(
                             e.kind(),
-                            K::ConsumerDeleted | K::PushBasedConsumer | K::RequestLimitExceeded
+                            K::ConsumerDeleted
+                                | K::PushBasedConsumer
+                                | K::RequestLimitExceeded
+                                | K::MissingHeartbeat
                         ) {
                             feed.current = None;
                         }
@@ -449,9 +454,19 @@ async fn pump(
             sequence,
             delivered,
         };
-        if tx.send(out).await.is_err() {
-            return;
-        }
+        // While the runner is busy, keep recording requests: a core subscription left
+        // unread would fill and drop them (a slow consumer), and their replies with them.
+        let permit = loop {
+            tokio::select! {
+                biased;
+                Some(core) = cores.next() => record(&mut pending, core),
+                permit = tx.reserve() => match permit {
+                    Ok(permit) => break permit,
+                    Err(_) => return,
+                },
+            }
+        };
+        permit.send(out);
     }
 }
 
