@@ -45,6 +45,8 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long one pull request stays open on the server.
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// Wait before re-creating a consumer that went away.
+/// How long a stopping agent waits for NATS to confirm its pulls are gone.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 const REOPEN_DELAY: Duration = Duration::from_millis(500);
 /// The longest delay before a redelivery after `handle` returned an error.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
@@ -110,7 +112,9 @@ pub struct DurableMessage {
 /// that lives as long as this (so across hot swaps, which keep the runner's inbox).
 pub struct DurableInbox {
     rx: mpsc::Receiver<DurableMessage>,
-    pump: tokio::task::AbortHandle,
+    pump: tokio::task::JoinHandle<()>,
+    /// To know the server has dropped the pulls when the agent is unloaded.
+    client: async_nats::Client,
     /// Stream sequences handled and acked: a redelivery of one (a lost ack, or the copy a
     /// second pattern's consumer brings) is acked again, not handled again.
     done: SeenIds,
@@ -124,6 +128,30 @@ impl Drop for DurableInbox {
 }
 
 impl DurableInbox {
+    /// Stops reading when the agent stops: ends the pulls, hands back what was fetched but
+    /// not handled (a nak, so it comes again at once rather than after `ack_wait`), and
+    /// waits until the server has dropped the pull requests. Otherwise a message published
+    /// just after an unload could still go to the old pull and only come back, out of order,
+    /// after `ack_wait` — behind messages published later.
+    pub async fn close(mut self) {
+        self.pump.abort();
+        let _ = (&mut self.pump).await;
+        let mut returned = 0;
+        while let Ok(m) = self.rx.try_recv() {
+            let _ = m.acker.ack_with(AckKind::Nak(None)).await;
+            returned += 1;
+        }
+        if tokio::time::timeout(FLUSH_ON_CLOSE, self.client.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("durable delivery: NATS did not confirm the end of the pulls within {FLUSH_ON_CLOSE:?}; unhandled messages come back after ack_wait");
+        }
+        if returned > 0 {
+            tracing::debug!("durable delivery: {returned} fetched messages handed back at stop");
+        }
+    }
+
     /// The next message; `None` once the feeding task ended. Cancel-safe.
     pub async fn next(&mut self) -> Option<DurableMessage> {
         self.rx.recv().await
@@ -299,12 +327,13 @@ impl DurableDelivery {
             )
         })?;
         let (tx, rx) = mpsc::channel(s.max_ack_pending as usize);
-        let pump = tokio::spawn(pump(cores, feeds, tx, identity.name.clone())).abort_handle();
+        let pump = tokio::spawn(pump(cores, feeds, tx, identity.name.clone()));
         let window = dedup_window.max(4 * s.max_ack_pending as usize);
         Ok((
             DurableInbox {
                 rx,
                 pump,
+                client: self.client.clone(),
                 done: SeenIds::new(window),
                 settings: s,
             },
