@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod engine;
+pub mod fuzzing;
 pub mod llm;
 pub mod manifest;
 pub mod node;

@@ -13,6 +13,7 @@ mod trie;
 
 pub use embedded::EmbeddedBus;
 pub use nats::{NatsBus, NatsOptions};
+pub use trie::Routes;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

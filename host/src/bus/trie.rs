@@ -9,8 +9,10 @@
 use std::collections::HashMap;
 
 /// Subscriptions of type `T` keyed by pattern, each with a caller-chosen unique id.
+///
+/// Public so the fuzz targets (host/fuzz) can check it against [`crate::subjects::matches`].
 #[derive(Debug)]
-pub(crate) struct Routes<T> {
+pub struct Routes<T> {
     /// Patterns without wildcards, keyed by the whole subject: the fast path.
     exact: HashMap<Box<str>, Vec<(u64, T)>>,
     /// Patterns with `*` or `>`.
@@ -74,7 +76,7 @@ fn take<T>(entries: &mut Vec<(u64, T)>, id: u64) -> bool {
 
 impl<T> Routes<T> {
     /// Adds a subscription; `pattern` must be valid (see `subjects::validate_pattern`).
-    pub(crate) fn insert(&mut self, pattern: &str, id: u64, value: T) {
+    pub fn insert(&mut self, pattern: &str, id: u64, value: T) {
         if has_wildcard(pattern) {
             self.root.insert(pattern, id, value);
         } else {
@@ -88,7 +90,7 @@ impl<T> Routes<T> {
 
     /// Removes the subscription `id` made with `pattern`, pruning emptied trie nodes so a
     /// churn of agents does not leave the index growing. Returns whether it was there.
-    pub(crate) fn remove(&mut self, pattern: &str, id: u64) -> bool {
+    pub fn remove(&mut self, pattern: &str, id: u64) -> bool {
         let removed = if has_wildcard(pattern) {
             self.root.remove(pattern, id)
         } else {
@@ -111,7 +113,7 @@ impl<T> Routes<T> {
 
     /// Calls `f` once for every subscription whose pattern matches `subject` (a valid,
     /// wildcard-free subject). Allocates nothing.
-    pub(crate) fn for_each_match<'a>(&'a self, subject: &str, mut f: impl FnMut(u64, &'a T)) {
+    pub fn for_each_match<'a>(&'a self, subject: &str, mut f: impl FnMut(u64, &'a T)) {
         if let Some(entries) = self.exact.get(subject) {
             entries.iter().for_each(|(id, v)| f(*id, v));
         }
@@ -121,13 +123,12 @@ impl<T> Routes<T> {
     }
 
     /// Number of subscriptions held.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether the index holds nothing at all, not even empty trie nodes.
-    #[cfg(test)]
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.len == 0 && self.exact.is_empty() && self.root.is_empty()
     }
 }
