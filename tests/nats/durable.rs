@@ -248,3 +248,37 @@ async fn a_durable_manifest_on_the_embedded_bus_is_refused_naming_the_field_and_
     assert!(t.node.list().await.is_empty());
     t.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_requests_to_a_durable_agent_each_get_their_own_reply() {
+    let Some(server) = NatsServer::start("nats durable concurrent requests") else {
+        return;
+    };
+    let t = durable_node(&server, |_| {}).await;
+    let id = "01936f11-4ea2-7000-8000-0000000000c4";
+    t.load("echo", "echo", &durable_manifest("echo", id, ""))
+        .await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    // Distinct payloads pair with their own requests; equal ones pair first in, first out.
+    let requests = (0..100).map(|i| {
+        let client = client.clone();
+        let payload = if i % 2 == 0 {
+            format!("request {i}")
+        } else {
+            "same".to_string()
+        };
+        tokio::spawn(async move {
+            let reply = ask(&client, "agent.to.echo.x", &payload).await;
+            (payload, reply)
+        })
+    });
+    for (payload, reply) in futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+    {
+        assert_eq!(reply, payload);
+    }
+    assert_eq!(t.node.status("echo").await.unwrap().handled, 100);
+    t.stop().await;
+}
