@@ -33,14 +33,21 @@ pub async fn durable_node(server: &NatsServer, tweak: impl FnOnce(&mut NodeConfi
     .await
 }
 
-/// Requests `payload` on `subject` from a plain NATS client; the reply as text.
+/// Requests `payload` on `subject` from a plain NATS client; the reply as text. Generous
+/// timeout: the suite runs a dozen servers and nodes at once on a shared 2-core machine, and
+/// a pull request the server lost is only re-opened after a missed heartbeat (~10 s).
 pub async fn ask(client: &async_nats::Client, subject: &str, payload: &str) -> String {
     let reply = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.request(subject.to_string(), payload.to_string().into()),
+        Duration::from_secs(30),
+        client.send_request(
+            subject.to_string(),
+            async_nats::Request::new()
+                .payload(payload.to_string().into())
+                .timeout(Some(Duration::from_secs(30))),
+        ),
     )
     .await
-    .unwrap_or_else(|_| panic!("a reply to {payload:?} on {subject} within 10 s"))
+    .unwrap_or_else(|_| panic!("a reply to {payload:?} on {subject} within 30 s"))
     .unwrap_or_else(|e| panic!("request {payload:?} on {subject}: {e}"));
     String::from_utf8_lossy(&reply.payload).into_owned()
 }
