@@ -276,6 +276,9 @@ impl Runner {
                 c = control.recv() => {
                     match c {
                         Some(Control::Stop(done)) => {
+                            if let Some(durable) = inbox.durable.take() {
+                                durable.close().await;
+                            }
                             self.final_snapshot().await;
                             self.parts.status.set_state(AgentState::Stopped);
                             let _ = done.send(());

@@ -110,7 +110,9 @@ pub struct DurableMessage {
 /// that lives as long as this (so across hot swaps, which keep the runner's inbox).
 pub struct DurableInbox {
     rx: mpsc::Receiver<DurableMessage>,
-    pump: tokio::task::AbortHandle,
+    pump: Option<tokio::task::JoinHandle<()>>,
+    client: async_nats::Client,
+    agent: String,
     /// Stream sequences handled and acked: a redelivery of one (a lost ack, or the copy a
     /// second pattern's consumer brings) is acked again, not handled again.
     done: SeenIds,
@@ -119,11 +121,34 @@ pub struct DurableInbox {
 
 impl Drop for DurableInbox {
     fn drop(&mut self) {
-        self.pump.abort();
+        if let Some(pump) = &self.pump {
+            pump.abort();
+        }
     }
 }
 
 impl DurableInbox {
+    /// Stops reading, for an agent that stops (unload, node shutdown). Messages already
+    /// taken from the server but not handled are nak'ed so they come back at once rather
+    /// than after `ack_wait`, and the consumers' pull subscriptions are gone on the server
+    /// before this returns, so nothing published afterwards is delivered into them (it
+    /// waits in the stream for the agent's next load, in order).
+    pub async fn close(mut self) {
+        if let Some(pump) = self.pump.take() {
+            pump.abort();
+            let _ = pump.await;
+        }
+        self.rx.close();
+        while let Ok(d) = self.rx.try_recv() {
+            acknowledge(&self.agent, &d.acker, AckKind::Nak(None)).await;
+        }
+        // The server handles one connection's commands in order: once it has answered this
+        // request, it has processed the UNSUBs queued before it.
+        let probe = format!("_HOST.sync.{}", uuid::Uuid::now_v7().simple());
+        let request = async_nats::Request::new().timeout(Some(Duration::from_secs(2)));
+        let _ = self.client.send_request(probe, request).await;
+    }
+
     /// The next message; `None` once the feeding task ended. Cancel-safe.
     pub async fn next(&mut self) -> Option<DurableMessage> {
         self.rx.recv().await
@@ -299,12 +324,14 @@ impl DurableDelivery {
             )
         })?;
         let (tx, rx) = mpsc::channel(s.max_ack_pending as usize);
-        let pump = tokio::spawn(pump(cores, feeds, tx, identity.name.clone())).abort_handle();
+        let pump = tokio::spawn(pump(cores, feeds, tx, identity.name.clone()));
         let window = dedup_window.max(4 * s.max_ack_pending as usize);
         Ok((
             DurableInbox {
                 rx,
-                pump,
+                pump: Some(pump),
+                client: self.client.clone(),
+                agent: identity.name.clone(),
                 done: SeenIds::new(window),
                 settings: s,
             },
