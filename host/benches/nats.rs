@@ -146,6 +146,25 @@ async fn main() {
             }
         }
     });
+    // The same responder stamping an Agent-Ref header on its reply, as the host does on every
+    // message an agent sends: how much of the gap is that header (client-side parsing).
+    let stamped = async_nats::connect(server.url()).await.unwrap();
+    let mut stamped_sub = stamped.subscribe("raw.echo.stamped").await.unwrap();
+    let stamped_responder = tokio::spawn(async move {
+        while let Some(m) = stamped_sub.next().await {
+            if let Some(reply) = m.reply {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    "Agent-Ref",
+                    "default.echo.01936f11-4ea2-7000-8000-000000000001",
+                );
+                stamped
+                    .publish_with_headers(reply, headers, m.payload)
+                    .await
+                    .unwrap();
+            }
+        }
+    });
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = NodeConfig::default();
@@ -171,11 +190,13 @@ async fn main() {
     load(&client, "agent.to.echo.x").await;
     load(&client, "agent.to.native-echo.x").await;
     load(&client, "raw.echo").await;
+    load(&client, "raw.echo.stamped").await;
 
     let (mut host_rates, mut raw_rates, mut host_lat, mut raw_lat) =
         (vec![], vec![], vec![], vec![]);
     let (mut native_rates, mut ratios, mut native_ratios) = (vec![], vec![], vec![]);
     let (mut host_cpu, mut native_cpu, mut raw_cpu) = (vec![], vec![], vec![]);
+    let mut stamped_ratios = vec![];
     for _ in 0..RUNS {
         let (rate, lat, cpu) = load(&client, "agent.to.echo.x").await;
         host_rates.push(rate);
@@ -188,6 +209,8 @@ async fn main() {
         raw_rates.push(rate);
         raw_lat.extend(lat);
         raw_cpu.push(cpu);
+        let (stamped, _, _) = load(&client, "raw.echo.stamped").await;
+        stamped_ratios.push(host_rates.last().unwrap() / stamped);
         ratios.push(host_rates.last().unwrap() / rate);
         native_ratios.push(native / rate);
     }
@@ -198,6 +221,11 @@ async fn main() {
     // machine noise hits both sides of a ratio alike.
     emit("nats_ratio_vs_raw", median(ratios), "ratio");
     emit("nats_native_ratio_vs_raw", median(native_ratios), "ratio");
+    emit(
+        "nats_ratio_vs_raw_with_agent_ref_header",
+        median(stamped_ratios),
+        "ratio",
+    );
     // CPU of this process (requesters + responder side) per request: what the host adds
     // over a raw responder, independent of how busy the rest of the machine is.
     emit("nats_process_cpu_us_per_request", median(host_cpu), "us");
@@ -250,5 +278,6 @@ async fn main() {
 
     node.shutdown().await;
     responder.abort();
+    stamped_responder.abort();
     drop(server);
 }

@@ -33,14 +33,21 @@ pub async fn durable_node(server: &NatsServer, tweak: impl FnOnce(&mut NodeConfi
     .await
 }
 
-/// Requests `payload` on `subject` from a plain NATS client; the reply as text.
+/// Requests `payload` on `subject` from a plain NATS client; the reply as text. Generous
+/// timeout: the suite runs a dozen servers and nodes at once on a shared 2-core machine, and
+/// a pull request the server lost is only re-opened after a missed heartbeat (~10 s).
 pub async fn ask(client: &async_nats::Client, subject: &str, payload: &str) -> String {
     let reply = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.request(subject.to_string(), payload.to_string().into()),
+        Duration::from_secs(30),
+        client.send_request(
+            subject.to_string(),
+            async_nats::Request::new()
+                .payload(payload.to_string().into())
+                .timeout(Some(Duration::from_secs(30))),
+        ),
     )
     .await
-    .unwrap_or_else(|_| panic!("a reply to {payload:?} on {subject} within 10 s"))
+    .unwrap_or_else(|_| panic!("a reply to {payload:?} on {subject} within 30 s"))
     .unwrap_or_else(|e| panic!("request {payload:?} on {subject}: {e}"));
     String::from_utf8_lossy(&reply.payload).into_owned()
 }
@@ -246,5 +253,39 @@ async fn a_durable_manifest_on_the_embedded_bus_is_refused_naming_the_field_and_
     assert!(err.contains("field subscriptions.durable"), "{err}");
     assert!(err.contains("NATS_URL"), "{err}");
     assert!(t.node.list().await.is_empty());
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_to_a_durable_agent_each_get_their_own_reply() {
+    let Some(server) = NatsServer::start("nats durable concurrent requests") else {
+        return;
+    };
+    let t = durable_node(&server, |_| {}).await;
+    let id = "01936f11-4ea2-7000-8000-0000000000c4";
+    t.load("echo", "echo", &durable_manifest("echo", id, ""))
+        .await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    // Distinct payloads pair with their own requests; equal ones pair first in, first out.
+    let requests = (0..100).map(|i| {
+        let client = client.clone();
+        let payload = if i % 2 == 0 {
+            format!("request {i}")
+        } else {
+            "same".to_string()
+        };
+        tokio::spawn(async move {
+            let reply = ask(&client, "agent.to.echo.x", &payload).await;
+            (payload, reply)
+        })
+    });
+    for (payload, reply) in futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+    {
+        assert_eq!(reply, payload);
+    }
+    assert_eq!(t.node.status("echo").await.unwrap().handled, 100);
     t.stop().await;
 }

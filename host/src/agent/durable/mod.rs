@@ -45,8 +45,6 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long one pull request stays open on the server.
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// Wait before re-creating a consumer that went away.
-/// How long a stopping agent waits for NATS to confirm its pulls are gone.
-const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 const REOPEN_DELAY: Duration = Duration::from_millis(500);
 /// The longest delay before a redelivery after `handle` returned an error.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
@@ -112,9 +110,9 @@ pub struct DurableMessage {
 /// that lives as long as this (so across hot swaps, which keep the runner's inbox).
 pub struct DurableInbox {
     rx: mpsc::Receiver<DurableMessage>,
-    pump: tokio::task::JoinHandle<()>,
-    /// To know the server has dropped the pulls when the agent is unloaded.
+    pump: Option<tokio::task::JoinHandle<()>>,
     client: async_nats::Client,
+    agent: String,
     /// Stream sequences handled and acked: a redelivery of one (a lost ack, or the copy a
     /// second pattern's consumer brings) is acked again, not handled again.
     done: SeenIds,
@@ -123,33 +121,32 @@ pub struct DurableInbox {
 
 impl Drop for DurableInbox {
     fn drop(&mut self) {
-        self.pump.abort();
+        if let Some(pump) = &self.pump {
+            pump.abort();
+        }
     }
 }
 
 impl DurableInbox {
-    /// Stops reading when the agent stops: ends the pulls, hands back what was fetched but
-    /// not handled (a nak, so it comes again at once rather than after `ack_wait`), and
-    /// waits until the server has dropped the pull requests. Otherwise a message published
-    /// just after an unload could still go to the old pull and only come back, out of order,
-    /// after `ack_wait` — behind messages published later.
+    /// Stops reading, for an agent that stops (unload, node shutdown). Messages already
+    /// taken from the server but not handled are nak'ed so they come back at once rather
+    /// than after `ack_wait`, and the consumers' pull subscriptions are gone on the server
+    /// before this returns, so nothing published afterwards is delivered into them (it
+    /// waits in the stream for the agent's next load, in order).
     pub async fn close(mut self) {
-        self.pump.abort();
-        let _ = (&mut self.pump).await;
-        let mut returned = 0;
-        while let Ok(m) = self.rx.try_recv() {
-            let _ = m.acker.ack_with(AckKind::Nak(None)).await;
-            returned += 1;
+        if let Some(pump) = self.pump.take() {
+            pump.abort();
+            let _ = pump.await;
         }
-        if tokio::time::timeout(FLUSH_ON_CLOSE, self.client.flush())
-            .await
-            .is_err()
-        {
-            tracing::warn!("durable delivery: NATS did not confirm the end of the pulls within {FLUSH_ON_CLOSE:?}; unhandled messages come back after ack_wait");
+        self.rx.close();
+        while let Ok(d) = self.rx.try_recv() {
+            acknowledge(&self.agent, &d.acker, AckKind::Nak(None)).await;
         }
-        if returned > 0 {
-            tracing::debug!("durable delivery: {returned} fetched messages handed back at stop");
-        }
+        // The server handles one connection's commands in order: once it has answered this
+        // request, it has processed the UNSUBs queued before it.
+        let probe = format!("_HOST.sync.{}", uuid::Uuid::now_v7().simple());
+        let request = async_nats::Request::new().timeout(Some(Duration::from_secs(2)));
+        let _ = self.client.send_request(probe, request).await;
     }
 
     /// The next message; `None` once the feeding task ended. Cancel-safe.
@@ -332,8 +329,9 @@ impl DurableDelivery {
         Ok((
             DurableInbox {
                 rx,
-                pump,
+                pump: Some(pump),
                 client: self.client.clone(),
+                agent: identity.name.clone(),
                 done: SeenIds::new(window),
                 settings: s,
             },
