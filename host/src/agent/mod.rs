@@ -1,10 +1,13 @@
 //! One running agent: its store data, its live instance, its mailbox and its supervisor.
 
+pub mod canary;
 mod dedup;
+pub mod gates;
 mod inbox;
 pub mod instance;
 pub mod limits;
 pub mod native;
+pub mod plan;
 pub mod runner;
 pub mod snapshots;
 pub mod status;
