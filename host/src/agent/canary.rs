@@ -28,6 +28,9 @@ use super::upgrade::{Green, Previous, SwapReport};
 use crate::bus::BusMessage;
 use crate::subjects;
 
+/// How stale the counts `host status` shows of a running canary may get.
+const STATUS_REFRESH: Duration = Duration::from_millis(50);
+
 /// The header naming a conversation when the node config does not choose another.
 pub const DEFAULT_CONVERSATION_HEADER: &str = "Conversation-Id";
 
@@ -110,6 +113,11 @@ pub(super) struct Canary {
     last_check: Check,
     switches: u64,
     switch_time: Duration,
+    /// When `host status` last got fresh counts (refreshed at most every
+    /// [`STATUS_REFRESH`] while messages flow).
+    status_at: Instant,
+    /// Messages were counted since the status was last refreshed.
+    status_stale: bool,
     /// Blue's state when the canary started (what a forced rollback goes back to).
     blue_state_at_start: Vec<u8>,
     processed_at_start: u64,
@@ -313,6 +321,8 @@ impl Runner {
             last_check: Check::default(),
             switches: 0,
             switch_time: Duration::ZERO,
+            status_at: Instant::now(),
+            status_stale: false,
             blue_state_at_start: state,
             processed_at_start: self.processed(),
             finished,
@@ -394,10 +404,15 @@ impl Runner {
         w.memory_peak = w.memory_peak.max(memory);
         w.observe_latency(took);
         canary.totals[index] += 1;
+        canary.status_stale = true;
+        let refresh = started.duration_since(canary.status_at) >= STATUS_REFRESH;
         let storm = canary.green_live
             && canary.plan.gates.iter().any(|g| {
                 g.metric == GateMetric::Traps && canary.windows[1].traps as f64 >= g.limit
             });
+        if refresh {
+            self.refresh_canary_status();
+        }
         if storm && alive {
             self.check_canary().await;
         }
@@ -408,7 +423,10 @@ impl Runner {
     /// the canary's next check.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let window = self.previous.as_ref().map(|p| p.retire_at);
-        let check = self.canary.as_ref().map(|c| c.next_check);
+        let check = self.canary.as_ref().map(|c| match c.status_stale {
+            true => c.next_check.min(c.status_at + STATUS_REFRESH),
+            false => c.next_check,
+        });
         match (window, check) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -423,6 +441,16 @@ impl Runner {
         }
         if self.canary.as_ref().is_some_and(|c| c.next_check <= now) {
             self.check_canary().await;
+        } else if self.canary.as_ref().is_some_and(|c| c.status_stale) {
+            self.refresh_canary_status();
+        }
+    }
+
+    fn refresh_canary_status(&mut self) {
+        if let Some(c) = self.canary.as_mut() {
+            c.status_at = Instant::now();
+            c.status_stale = false;
+            self.parts.status.set_canary(Some(c.status()));
         }
     }
 
