@@ -221,9 +221,11 @@ fn main() {
                     node.rollback("counter", false).await.unwrap();
                     swaps += 2;
                 }
+                swaps
             }
         };
-        let through = stream(&node, swaps).await;
+        let (through, swaps) = stream_with(&node, swaps).await;
+        emit("swap_stream_swaps", swaps as f64, "swaps and rollbacks");
         emit("swap_stream_messages", through.sent as f64, "messages");
         emit("swap_stream_msgs_per_s", through.rate(), "msg/s");
         emit("lost_messages", through.lost as f64, "messages");
