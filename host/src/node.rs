@@ -166,8 +166,6 @@ impl Node {
             anyhow::anyhow!("no component to load: give one (host load plugin.wasm --manifest ...) or set [agent] component in the manifest")
         })?;
         let limits = self.instance_limits(&manifest)?;
-        // Kept so `host upgrade --component NAME` can find the agents running it.
-        manifest.agent.component = Some(component.clone());
 
         // Refuse early (cheap), compile without holding the agents lock, check again at insert.
         self.check_capacity_and_unique(&*self.agents.lock().await, &manifest)?;

@@ -273,14 +273,7 @@ impl Node {
         let mut components = std::collections::BTreeSet::new();
         for (name, a) in agents.iter() {
             let digest = a.status.digest.lock().expect("status lock").clone();
-            let file = a
-                .manifest
-                .agent
-                .component
-                .as_ref()
-                .and_then(|p| p.file_stem())
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let file = self.engine.component_name(&digest).unwrap_or_default();
             components.insert(format!("{file} ({})", &digest[..digest.len().min(12)]));
             let matches = match by_digest {
                 true => digest.starts_with(&selector.to_ascii_lowercase()),
