@@ -191,7 +191,11 @@ async fn a_canary_moves_conversations_in_steps_to_100_percent_under_load_with_on
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Release);
     let streamed = client.await.unwrap();
-    eprintln!("{} adds streamed through the canary", streamed.sent);
+    let s = t.node.status("counter").await.unwrap();
+    eprintln!(
+        "{} adds streamed through the canary; traps {} restarts {} last error {:?}",
+        streamed.sent, s.traps, s.restarts, s.last_error
+    );
     streamed.assert_exactly_once_in_order();
     assert_eq!(t.ask(CMD, "get").await, streamed.sent.to_string());
 

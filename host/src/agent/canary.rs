@@ -105,6 +105,8 @@ pub(super) struct Canary {
     green_live: bool,
     blue_version: String,
     green_version: String,
+    /// Blue's code, to re-create blue if its instance breaks during the canary.
+    blue_code: Code,
     /// This interval's readings: [blue, green].
     windows: [Window; 2],
     totals: [u64; 2],
@@ -314,6 +316,7 @@ impl Runner {
             green_live: false,
             blue_version: blue_version.clone(),
             green_version: green_version.clone(),
+            blue_code: self.parts.code.clone(),
             windows: Default::default(),
             totals: [0, 0],
             next_check: Instant::now() + plan.interval,
@@ -601,19 +604,13 @@ impl Runner {
                     self.parts.status.record(&name, why.clone());
                     return Err(why);
                 }
-                let (code, version, state) = match &c.parked {
-                    Some(p) if !p.version.is_empty() && p.version == c.blue_version => (
-                        p.code.clone(),
-                        c.blue_version.clone(),
-                        c.blue_state_at_start.clone(),
-                    ),
-                    _ => {
-                        return Err(format!(
-                        "agent '{name}': v{} is gone and cannot be re-created; v{} keeps serving",
-                        c.blue_version, c.green_version
-                    ))
-                    }
-                };
+                // Blue's own instance may be gone (its restore trapped): a fresh one from
+                // its code and its state at the canary's start.
+                let (code, version, state) = (
+                    c.blue_code.clone(),
+                    c.blue_version.clone(),
+                    c.blue_state_at_start.clone(),
+                );
                 let blue = self.instance_with_state(&code, &version, &state).await?;
                 let c = self.canary.as_mut().expect("a canary");
                 let green = self.live.replace(blue).expect("green serves");
