@@ -452,3 +452,112 @@ fn an_operator_upgrades_rolls_back_and_promotes_from_the_command_line() {
     );
     assert!(node.stop().success());
 }
+
+#[test]
+fn an_operator_runs_a_canary_and_waves_from_the_command_line() {
+    let node = NodeProcess::start("");
+    let (v1, v2) = (plugin("counter"), plugin("counter_v2"));
+    assert!(node.host(&["load", v1.to_str().unwrap()]).status.success());
+    node.host(&["send", "agent.to.counter.cmd", "add 10", "--wait", "5"]);
+
+    let out = node.host(&[
+        "upgrade",
+        "counter",
+        v2.to_str().unwrap(),
+        "--strategy",
+        "canary",
+        "--steps",
+        "25,100",
+        "--interval",
+        "1h",
+        "--gate",
+        "error_rate<5%",
+        "--gate",
+        "p95<2x",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out)
+            .contains("canary of 'counter' started: v0.1.0 -> v0.2.0 on 25% of conversations"),
+        "{}",
+        stdout(&out)
+    );
+    for c in 0..8 {
+        let out = node.host(&[
+            "send",
+            "agent.to.counter.cmd",
+            "add 1",
+            "--header",
+            &format!("Conversation-Id=c-{c}"),
+            "--wait",
+            "5",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let status = stdout(&node.host(&["status", "counter"]));
+    assert!(
+        status.contains("strategy   canary v0.1.0 -> v0.2.0: 25% of conversations on v0.2.0")
+            && status.contains("messages on v0.1.0")
+            && status.contains("event      canary v0.1.0 → v0.2.0 started"),
+        "{status}"
+    );
+    let out = node.host(&["promote", "counter"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = node.host(&["send", "agent.to.counter.cmd", "stats", "--wait", "5"]);
+    assert_eq!(stdout(&out), "count=18 adds=0 version=0.2.0\n");
+
+    // A bad flag is named with the form it should have had; nothing reaches the node.
+    let out = node.host(&[
+        "upgrade",
+        "counter",
+        v1.to_str().unwrap(),
+        "--strategy",
+        "canary",
+        "--steps",
+        "10,50",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out)
+            .contains("--steps 10,50: the last step must be 100; expected rising percentages"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = node.host(&[
+        "upgrade",
+        "--component",
+        "counter",
+        v1.to_str().unwrap(),
+        "--waves",
+        "100",
+        "--interval",
+        "200ms",
+    ]);
+    assert!(!out.status.success(), "counter now runs counter_v2.wasm");
+    assert!(
+        stderr(&out).contains("no agent runs that component")
+            && stderr(&out).contains("counter_v2 ("),
+        "{}",
+        stderr(&out)
+    );
+    let out = node.host(&[
+        "upgrade",
+        "--component",
+        "counter_v2",
+        v1.to_str().unwrap(),
+        "--waves",
+        "100",
+        "--interval",
+        "200ms",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("wave 100%: counter upgraded, gates passed")
+            && stdout(&out).contains("component 'counter_v2' upgraded on 1 agent(s) in 1 wave(s)"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(node.stop().success());
+}

@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use agent_host::agent::plan::RolloutPlan;
 use agent_host::bus::BusMessage;
 use support::{plugin, TestNode};
 
@@ -195,11 +196,14 @@ async fn promote_retires_the_old_version() {
     t.stop().await;
 }
 
-/// The invariant under load: while a client streams `add 1` requests (64 in flight), 100
-/// swaps and rollbacks happen; every request gets exactly one reply, the replies count
-/// 1, 2, 3, … with no gap, repeat or reordering, and the final count equals what was sent.
+/// The invariant under load: while a client streams `add 1` requests over 8 conversations
+/// (64 in flight, and a `get` every 8th message), 100 swaps and rollbacks happen, then a
+/// canary to 100 %, then a canary of a regressed release that rolls itself back. Every
+/// request gets exactly one reply, the replies count 1, 2, 3, … with no gap, repeat or
+/// reordering (so each conversation's order is kept too), and the final count equals
+/// what was sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_load_100_swaps_and_rollbacks_lose_duplicate_and_reorder_nothing() {
+async fn under_load_100_swaps_and_rollbacks_and_two_canaries_lose_duplicate_and_reorder_nothing() {
     let t = TestNode::start().await;
     t.load("counter", "counter", "").await;
     let bus = t.node.bus.clone();
@@ -208,11 +212,21 @@ async fn under_load_100_swaps_and_rollbacks_lose_duplicate_and_reorder_nothing()
         let send = |i: u64| {
             let bus = bus.clone();
             async move {
+                let conversation = ("Conversation-Id".to_string(), format!("c-{}", i % 8));
                 let msg = BusMessage {
                     reply_to: Some(format!("_INBOX.load.{i}")),
+                    headers: vec![conversation.clone()],
                     ..BusMessage::new("agent.to.counter.cmd", "add 1")
                 };
                 bus.publish(msg).await.unwrap();
+                if i.is_multiple_of(8) {
+                    let get = BusMessage {
+                        reply_to: Some(format!("_INBOX.gets.{i}")),
+                        headers: vec![conversation],
+                        ..BusMessage::new("agent.to.counter.cmd", "get")
+                    };
+                    bus.publish(get).await.unwrap();
+                }
             }
         };
         let (window, mut sent, mut expected) = (64u64, 0u64, 1u64);
@@ -256,16 +270,47 @@ async fn under_load_100_swaps_and_rollbacks_lose_duplicate_and_reorder_nothing()
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     t.node.upgrade("counter", &v1).await.unwrap();
+
+    let steps = |s: &str| RolloutPlan::from_args("--steps", Some(s), Some("300ms"), &[]).unwrap();
+    let canary = t
+        .node
+        .start_canary("counter", &v2, steps("10,25,50,100"))
+        .await
+        .unwrap();
+    let outcome = canary.outcome().await.unwrap();
+    assert!(outcome.completed, "{}", outcome.text);
+    let regressed = t
+        .node
+        .start_canary("counter", &plugin("counter_regressed"), steps("50,100"))
+        .await
+        .unwrap();
+    let outcome = regressed.outcome().await.unwrap();
+    if client.is_finished() {
+        let s = t.node.status("counter").await.unwrap();
+        eprintln!(
+            "the client stopped early: traps {} restarts {} last error {:?}; events {:#?}",
+            s.traps, s.restarts, s.last_error, s.events
+        );
+    }
+    assert!(
+        !outcome.completed && outcome.text.contains("automatic rollback"),
+        "{}",
+        outcome.text
+    );
     UPGRADES_DONE.store(true, std::sync::atomic::Ordering::Release);
     let sent = client.await.unwrap();
-    eprintln!("{sent} messages streamed through 101 swaps and rollbacks");
+    eprintln!("{sent} messages streamed through 101 swaps and rollbacks and two canaries");
     assert!(
         sent > 200,
         "the stream kept flowing during the upgrades ({sent} messages)"
     );
     assert_eq!(t.ask("agent.to.counter.cmd", "get").await, sent.to_string());
     let status = t.node.status("counter").await.unwrap();
-    assert_eq!((status.errors, status.traps), (0, 0));
+    assert_eq!(
+        status.version, "0.2.0",
+        "the rolled-back canary left v0.2.0"
+    );
+    assert_eq!(status.traps, 0);
     t.stop().await;
 }
 

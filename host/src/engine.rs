@@ -70,6 +70,9 @@ pub struct Engine {
     engine: wasmtime::Engine,
     linker: Linker<AgentStore>,
     cache: Mutex<HashMap<String, Arc<CompiledAgent>>>,
+    /// Digest → the file name (without `.wasm`) a component was first compiled from, so
+    /// `host upgrade --component NAME` finds the agents running it after upgrades too.
+    names: Mutex<HashMap<String, String>>,
     tick: Duration,
 }
 
@@ -118,6 +121,7 @@ impl Engine {
             engine,
             linker,
             cache: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
             tick: Duration::from_millis(settings.epoch_tick_ms.max(1)),
         });
         start_epoch_ticker(Arc::downgrade(&this));
@@ -149,7 +153,24 @@ impl Engine {
             path: path.display().to_string(),
             source,
         })?;
-        self.compile(&bytes, &path.display().to_string(), pinned_sha256)
+        let compiled = self.compile(&bytes, &path.display().to_string(), pinned_sha256)?;
+        if let Some(stem) = path.file_stem() {
+            self.names
+                .lock()
+                .expect("component names lock")
+                .entry(compiled.digest.clone())
+                .or_insert_with(|| stem.to_string_lossy().into_owned());
+        }
+        Ok(compiled)
+    }
+
+    /// The file name (without `.wasm`) the component with `digest` was first compiled from.
+    pub fn component_name(&self, digest: &str) -> Option<String> {
+        self.names
+            .lock()
+            .expect("component names lock")
+            .get(digest)
+            .cloned()
     }
 
     /// Compiles and type-checks a component against the agent world. Cached by sha256:

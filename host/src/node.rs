@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent::instance::{Code, InstanceLimits};
 use crate::agent::native::NativeFactory;
 use crate::agent::runner::{self, AgentControls, Control, RunnerParts};
-use crate::agent::upgrade::{Green, SwapReport};
+use crate::agent::upgrade::SwapReport;
 use crate::agent::AgentStatus;
 use crate::agent::{AgentCaps, AgentHandle, AgentSummary, FilesDir, Identity};
 use crate::bus::{BusMessage, EmbeddedBus, NatsBus, NatsOptions, Transport};
@@ -22,6 +22,9 @@ use crate::engine::Engine;
 use crate::manifest::Manifest;
 use crate::storage::{EmbeddedKv, KvBackend, NatsKv, NatsKvOptions, Quota, SyncPolicy};
 use crate::telemetry::Metrics;
+
+mod rollout;
+pub use rollout::{CanaryRun, WaveReport};
 
 /// What `host load` asks for.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -541,64 +544,7 @@ impl Node {
     /// version is compiled, type-checked, instantiated and initialised before the agent
     /// pauses; any failure leaves the running version untouched.
     pub async fn upgrade(&self, name: &str, component: &Path) -> anyhow::Result<SwapReport> {
-        let (code, caps, limits, pin, identity) = {
-            let agents = self.agents.lock().await;
-            let a = agents
-                .get(name)
-                .ok_or_else(|| self.unknown_agent(name, &agents))?;
-            let (code, caps, limits) = a.instance_parts();
-            (
-                code,
-                caps,
-                limits,
-                a.manifest.agent.sha256.clone(),
-                a.identity.clone(),
-            )
-        };
-        if let Code::Native(_) = code {
-            anyhow::bail!("agent '{name}' runs native code; only components can be upgraded");
-        }
-        let engine = self.engine.clone();
-        let path = component.to_path_buf();
-        let compiled = tokio::task::spawn_blocking(move || engine.compile_file(&path, None))
-            .await?
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "upgrade of '{name}' refused, the running version is untouched: {e}"
-                )
-            })?;
-        if let Some(pinned) = pin.filter(|p| !p.eq_ignore_ascii_case(&compiled.digest)) {
-            anyhow::bail!(
-                "upgrade of '{name}' refused: its manifest pins sha256 {pinned}, and {} has {}; update the pin in the manifest and load it again",
-                component.display(),
-                compiled.digest
-            );
-        }
-        let code = Code::Wasm(compiled);
-        let mut live =
-            crate::agent::instance::instantiate(&self.engine, &code, caps, limits).await?;
-        let budget = limits.cpu_per_message.max(Duration::from_secs(1));
-        live.begin_turn(None, budget);
-        let version = live
-            .call_version()
-            .await
-            .map_err(|e| anyhow::anyhow!("the new version trapped in `version`: {e:#}"))?;
-        live.begin_turn(None, budget);
-        live.call_init(&identity.wit_ref())
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "v{version} trapped in `init`: {e:#}; the running version is untouched"
-                )
-            })?
-            .map_err(|e| {
-                anyhow::anyhow!("v{version}'s `init` failed: {e}; the running version is untouched")
-            })?;
-        let green = Green {
-            live,
-            version,
-            code,
-        };
+        let green = self.prepare_green(name, component).await?;
         self.controls(name)
             .await?
             .ask(|reply| Control::Swap(green, reply))

@@ -147,6 +147,11 @@ impl Live {
     pub fn describe_trap(&self, trap: &wasmtime::Error) -> (String, Option<LimitHit>) {
         describe_trap(trap, self.store.data().limits.refused_in_turn())
     }
+
+    /// Bytes of linear memory this instance grew to (a canary's memory gate reads it).
+    pub fn memory_in_use(&self) -> u64 {
+        self.store.data().limits.memory_in_use()
+    }
 }
 
 /// Instantiates `compiled` with nothing granted through WASI but stdout/stderr (to the log),

@@ -31,6 +31,8 @@ pub struct Limiter {
     refused: u64,
     /// Refusals before the current export call began.
     refused_before_turn: u64,
+    /// Linear memory the instance has grown to (for a canary's memory gate).
+    memory_in_use: usize,
 }
 
 impl Limiter {
@@ -44,6 +46,7 @@ impl Limiter {
             metrics,
             refused: 0,
             refused_before_turn: 0,
+            memory_in_use: 0,
         }
     }
 
@@ -56,6 +59,11 @@ impl Limiter {
     pub fn refused_in_turn(&self) -> bool {
         self.refused > self.refused_before_turn
     }
+
+    /// Bytes of linear memory the instance grew to.
+    pub fn memory_in_use(&self) -> u64 {
+        self.memory_in_use as u64
+    }
 }
 
 impl ResourceLimiter for Limiter {
@@ -66,7 +74,9 @@ impl ResourceLimiter for Limiter {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allow = self.inner.memory_growing(current, desired, maximum)?;
-        if !allow {
+        if allow {
+            self.memory_in_use = self.memory_in_use.max(desired);
+        } else {
             self.refused += 1;
             self.metrics.limits.memory.inc();
             if self.refused == 1 {

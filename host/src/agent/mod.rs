@@ -1,11 +1,14 @@
 //! One running agent: its store data, its live instance, its mailbox and its supervisor.
 
+pub mod canary;
 mod dedup;
 pub mod durable;
+pub mod gates;
 pub(crate) mod inbox;
 pub mod instance;
 pub mod limits;
 pub mod native;
+pub mod plan;
 pub mod runner;
 pub mod snapshots;
 pub mod status;

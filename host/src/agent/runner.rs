@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::canary::{Canary, CanaryStart, CanaryStarted};
 use super::dedup::SeenIds;
 use super::durable::next_durable;
 use super::inbox::{next_from, Inbox, Via};
@@ -37,8 +38,14 @@ pub enum Control {
         force: bool,
         reply: oneshot::Sender<Result<SwapReport, String>>,
     },
-    /// Keep the new version; retire the old one now.
+    /// Keep the new version; retire the old one now (during a canary: green takes
+    /// every conversation at once).
     Promote(oneshot::Sender<Result<String, String>>),
+    /// Serve a new version beside the current one for a share of conversations.
+    Canary(
+        Box<CanaryStart>,
+        oneshot::Sender<Result<CanaryStarted, String>>,
+    ),
 }
 
 /// Everything the runner needs besides the live instance.
@@ -124,6 +131,7 @@ impl AgentHandle {
                 .expect("status lock")
                 .clone(),
             events: self.status.events(),
+            canary: self.status.canary.lock().expect("status lock").clone(),
         }
     }
 
@@ -213,6 +221,8 @@ pub(super) struct Runner {
     /// The version replaced by the last swap, kept warm for a rollback.
     pub(super) previous: Option<Previous>,
     pub(super) rollback_window: Duration,
+    /// The canary in progress (see `canary.rs`).
+    pub(super) canary: Option<Box<Canary>>,
 }
 
 impl Runner {
@@ -236,6 +246,7 @@ impl Runner {
             writer: Some(writer),
             previous: None,
             rollback_window,
+            canary: None,
         };
         let mut live = runner.fresh_instance().await?;
         live.begin_turn(None, Duration::from_secs(1));
@@ -271,7 +282,7 @@ impl Runner {
 
     async fn run(&mut self, mut inbox: Inbox, mut control: mpsc::Receiver<Control>) {
         loop {
-            let window_closes = self.previous.as_ref().map(|p| p.retire_at);
+            let wake_at = self.next_deadline();
             let (msg, via) = tokio::select! {
                 c = control.recv() => {
                     match c {
@@ -291,8 +302,8 @@ impl Runner {
                     }
                     return;
                 }
-                _ = sleep_until(window_closes) => {
-                    self.retire_previous("the rollback window closed");
+                _ = sleep_until(wake_at) => {
+                    self.on_deadline().await;
                     continue;
                 }
                 Some(m) = next_from(&mut inbox.legacy) => (m, Via::Legacy),
@@ -316,7 +327,7 @@ impl Runner {
                     continue;
                 }
             }
-            if self.deliver(msg).await == Outcome::AgentFailed {
+            if self.deliver_routed(msg).await == Outcome::AgentFailed {
                 return;
             }
         }

@@ -52,6 +52,8 @@ pub struct AgentStatus {
     pub digest: Mutex<String>,
     /// The version kept warm for a rollback, while the rollback window is open.
     pub previous_version: Mutex<Option<String>>,
+    /// The canary in progress, if any (updated at every step and check).
+    pub canary: Mutex<Option<super::canary::CanaryStatus>>,
     events: Mutex<VecDeque<Event>>,
 }
 
@@ -86,6 +88,10 @@ impl AgentStatus {
             events.pop_front();
         }
         events.push_back(Event { at_ms, text });
+    }
+
+    pub(crate) fn set_canary(&self, canary: Option<super::canary::CanaryStatus>) {
+        *self.canary.lock().expect("status lock") = canary;
     }
 
     pub fn events(&self) -> Vec<Event> {
@@ -123,6 +129,9 @@ pub struct AgentSummary {
     pub previous_version: Option<String>,
     #[serde(default)]
     pub events: Vec<Event>,
+    /// The canary in progress: versions, step, gate readings.
+    #[serde(default)]
+    pub canary: Option<super::canary::CanaryStatus>,
 }
 
 /// How often an agent ran into each limit (`agent_host_limit_hits_total`).

@@ -51,10 +51,26 @@ impl Runner {
     pub(super) async fn control(&mut self, request: Control) {
         match request {
             Control::Swap(green, reply) => {
-                let _ = reply.send(self.swap(green).await);
+                let _ = reply.send(match &self.canary {
+                    Some(_) => Err(self.canary_in_progress()),
+                    None => self.swap(green).await,
+                });
+            }
+            Control::Canary(start, reply) => {
+                let _ = reply.send(self.start_canary(*start).await);
+            }
+            Control::Rollback { force, reply } if self.canary.is_some() => {
+                let _ = reply.send(
+                    self.end_canary_backwards("rolled back by the operator", force)
+                        .await,
+                );
             }
             Control::Rollback { force, reply } => {
                 let _ = reply.send(self.rollback(force).await);
+            }
+            Control::Promote(reply) if self.canary.is_some() => {
+                let promoted = self.complete_canary("promoted by the operator").await;
+                let _ = reply.send(promoted.map(|_| self.retire_previous("promoted")));
             }
             Control::Promote(reply) => {
                 let _ = reply.send(match self.previous.is_some() {
@@ -69,11 +85,16 @@ impl Runner {
         }
     }
 
-    fn processed(&self) -> u64 {
+    fn canary_in_progress(&self) -> String {
+        let name = &self.parts.identity.name;
+        format!("agent '{name}' runs a canary; `host rollback {name}` or `host promote {name}` it before another upgrade")
+    }
+
+    pub(super) fn processed(&self) -> u64 {
         self.parts.metrics.handled.get() + self.parts.metrics.errors.get()
     }
 
-    fn budget(&self) -> Duration {
+    pub(super) fn budget(&self) -> Duration {
         self.parts
             .limits
             .cpu_per_message
@@ -277,7 +298,7 @@ impl Runner {
     }
 
     /// A fresh instance of `code`, initialised, with `state` (written by `version`) restored.
-    async fn instance_with_state(
+    pub(super) async fn instance_with_state(
         &mut self,
         code: &Code,
         version: &str,

@@ -56,6 +56,11 @@ impl LlmCtx {
         }
     }
 
+    /// `(calls, failures)` of this agent's LLM calls so far (a canary's LLM gate).
+    pub fn call_outcomes(&self) -> (u64, u64) {
+        self.agent.call_outcomes()
+    }
+
     // ---- manifest check ---------------------------------------------------------------
     fn check_model(&self, model: &str) -> Result<(), WitError> {
         if model.is_empty()

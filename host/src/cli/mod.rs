@@ -3,6 +3,7 @@
 
 mod check;
 mod run;
+mod upgrade;
 mod verbs;
 
 use std::path::PathBuf;
@@ -84,12 +85,14 @@ pub enum Command {
         #[command(flatten)]
         control: ControlArg,
     },
-    /// Swap a running agent to a new component, carrying its state across (blue-green).
-    /// The old version stays warm for `host rollback` until promoted or the window closes.
+    /// Upgrade a running agent to a new component, carrying its state across: `host
+    /// upgrade AGENT NEW.wasm` swaps (blue-green), `--strategy canary` moves conversations
+    /// over in gated steps, `--component OLD NEW.wasm --waves ...` upgrades every agent
+    /// running a component. The old version stays warm for `host rollback` until promoted
+    /// or the window closes.
     Upgrade {
-        agent: String,
-        /// The new component (.wasm).
-        component: PathBuf,
+        #[command(flatten)]
+        args: upgrade::UpgradeArgs,
         #[command(flatten)]
         control: ControlArg,
     },

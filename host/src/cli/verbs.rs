@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::Command;
+use crate::agent::canary::{CanaryStarted, CanaryStatus};
 use crate::agent::upgrade::SwapReport;
 use crate::agent::AgentSummary;
 use crate::control::client::ControlClient;
 use crate::control::protocol::{Reply, Request};
 use crate::node::LoadRequest;
+use crate::node::WaveReport;
 
 /// `path` made absolute against the current directory (the node has its own).
 pub fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
@@ -60,27 +62,13 @@ pub async fn client_verb(command: Command) -> anyhow::Result<()> {
                 .await?;
             println!("unloaded '{agent}'");
         }
-        Command::Upgrade {
-            agent,
-            component,
-            control,
-        } => {
-            if !component.is_file() {
-                anyhow::bail!("{} is not a file", component.display());
-            }
-            let req = Request::Upgrade {
-                name: agent,
-                component: absolute(&component)?,
-            };
+        Command::Upgrade { args, control } => {
+            let req = super::upgrade::request(&args).map_err(anyhow::Error::msg)?;
             let value = ControlClient::connect(&control.path())
                 .await?
                 .call(&req)
                 .await?;
-            let r: SwapReport = serde_json::from_value(value)?;
-            println!(
-                "upgraded '{}' v{} -> v{} ({} bytes of state, paused {} us); v{} kept warm for {} s: `host rollback {}` or `host promote {}`",
-                r.agent, r.from_version, r.to_version, r.state_bytes, r.pause_us, r.from_version, r.rollback_window_secs, r.agent, r.agent
-            );
+            print_upgrade(&req, value)?;
         }
         Command::Rollback {
             agent,
@@ -178,6 +166,37 @@ pub async fn client_verb(command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_upgrade(req: &Request, value: Value) -> anyhow::Result<()> {
+    match req {
+        Request::Upgrade { canary: None, .. } => {
+            let r: SwapReport = serde_json::from_value(value)?;
+            println!(
+                "upgraded '{}' v{} -> v{} ({} bytes of state, paused {} us); v{} kept warm for {} s: `host rollback {}` or `host promote {}`",
+                r.agent, r.from_version, r.to_version, r.state_bytes, r.pause_us, r.from_version, r.rollback_window_secs, r.agent, r.agent
+            );
+        }
+        Request::Upgrade { .. } => {
+            let s: CanaryStarted = serde_json::from_value(value)?;
+            let gates: Vec<String> = s.plan.gates.iter().map(ToString::to_string).collect();
+            println!(
+                "canary of '{}' started: v{} -> v{} on {}% of conversations, then {:?} every {} ms while gates hold ({}); watch with `host status {}`, stop with `host rollback {}` or `host promote {}`",
+                s.agent, s.from_version, s.to_version, s.plan.steps[0], s.plan.steps, s.plan.interval.as_millis(), gates.join(", "), s.agent, s.agent, s.agent
+            );
+        }
+        _ => {
+            let r: WaveReport = serde_json::from_value(value)?;
+            for w in &r.waves {
+                println!("{}", w.text);
+            }
+            println!("{}", r.text);
+            if !r.completed {
+                anyhow::bail!("{}", r.text);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn parse_header(text: &str) -> anyhow::Result<(String, String)> {
     match text.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
@@ -250,6 +269,24 @@ fn print_status(value: &Value) {
     }
     if let Some(p) = a["previous_version"].as_str() {
         println!("warm       v{p} (kept for `host rollback`)");
+    }
+    if let Ok(Some(c)) = serde_json::from_value::<Option<CanaryStatus>>(a["canary"].clone()) {
+        println!(
+            "strategy   canary v{} -> v{}: {}% of conversations on v{} (steps {:?}, a check every {} ms); {} failed check(s) in a row",
+            c.blue_version, c.green_version, c.percent, c.green_version, c.steps, c.interval_ms, c.failed_checks
+        );
+        println!(
+            "canary     {} messages on v{}, {} on v{}; {} state hand-offs, {:.0} us each",
+            c.blue_messages,
+            c.blue_version,
+            c.green_messages,
+            c.green_version,
+            c.switches,
+            c.switch_us_mean
+        );
+        for r in &c.last_check {
+            println!("gate       {r}");
+        }
     }
     if let Some(e) = a["last_error"].as_str() {
         println!("last error {e}");

@@ -102,6 +102,9 @@ pub struct NodeSection {
     /// How soon KV writes and snapshots reach the disk (ms); 0 flushes every write. A crash
     /// loses at most this window of writes; a graceful stop loses nothing.
     pub kv_sync_ms: u64,
+    /// The message header naming a conversation: a canary keeps each conversation on one
+    /// version by hashing it (see `agent/canary.rs` for messages without it).
+    pub conversation_header: String,
 }
 
 /// The local control API (DESIGN §9).
@@ -193,6 +196,7 @@ impl Default for NodeSection {
             mailbox_capacity: 4096,
             rollback_window_secs: 600,
             kv_sync_ms: 100,
+            conversation_header: crate::agent::canary::DEFAULT_CONVERSATION_HEADER.to_string(),
         }
     }
 }

@@ -77,6 +77,7 @@ fn node(root: &Section, source: Option<&Path>) -> Result<NodeSection, FieldError
             "mailbox_capacity",
             "rollback_window_secs",
             "kv_sync_ms",
+            "conversation_header",
         ],
     )?;
     let d = NodeSection::default();
@@ -113,6 +114,16 @@ fn node(root: &Section, source: Option<&Path>) -> Result<NodeSection, FieldError
             .uint("rollback_window_secs", "600")?
             .unwrap_or(d.rollback_window_secs),
         kv_sync_ms: s.uint("kv_sync_ms", "100")?.unwrap_or(d.kv_sync_ms),
+        conversation_header: match s.string("conversation_header", "\"Conversation-Id\"")? {
+            Some(h) if h.is_empty() || !h.chars().all(|c| c.is_ascii_graphic() && c != ':') => {
+                return Err(s.error(
+                    "conversation_header",
+                    format!("{h:?} is not a header name; expected printable ASCII without spaces or ':', like \"Conversation-Id\""),
+                ))
+            }
+            Some(h) => h,
+            None => d.conversation_header,
+        },
     })
 }
 

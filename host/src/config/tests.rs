@@ -605,6 +605,16 @@ fn the_rollback_window_and_kv_sync_interval_are_configurable() {
     assert_eq!((d.node.rollback_window_secs, d.node.kv_sync_ms), (600, 100));
     let c = parse("[node]\nrollback_window_secs = 30\nkv_sync_ms = 0\n").unwrap();
     assert_eq!((c.node.rollback_window_secs, c.node.kv_sync_ms), (30, 0));
+    assert_eq!(d.node.conversation_header, "Conversation-Id");
+    let c = parse("[node]\nconversation_header = \"X-Thread\"\n").unwrap();
+    assert_eq!(c.node.conversation_header, "X-Thread");
+    let err = parse("[node]\nconversation_header = \"a b\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("conversation_header") && err.contains("not a header name"),
+        "{err}"
+    );
     let e = error_of("[node]\nkv_sync_ms = -1\n");
     assert!(
         e.contains("node.kv_sync_ms") && e.contains("negative"),

@@ -12,10 +12,20 @@ pub enum Request {
     Unload {
         name: String,
     },
-    /// Swap an agent to a new component, carrying its state across.
+    /// Swap an agent to a new component, carrying its state across; with `canary`, serve
+    /// both versions and move conversations to the new one in steps (answers once started).
     Upgrade {
         name: String,
         component: std::path::PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        canary: Option<crate::agent::plan::RolloutPlan>,
+    },
+    /// Upgrade every agent running a component, in waves (answers when done or stopped).
+    UpgradeComponent {
+        /// A digest prefix or the component's file name without `.wasm`.
+        selector: String,
+        component: std::path::PathBuf,
+        plan: crate::agent::plan::RolloutPlan,
     },
     /// Go back to the version the last upgrade replaced.
     Rollback {

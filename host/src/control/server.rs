@@ -117,9 +117,27 @@ pub async fn handle(node: &Node, req: Request) -> Response {
         Request::Load(load) => node.load(load).await.map(Response::ok),
         Request::Unload { name } => node.unload(&name).await.map(Response::ok),
         Request::List => Ok(Response::ok(node.list().await)),
-        Request::Upgrade { name, component } => {
-            node.upgrade(&name, &component).await.map(Response::ok)
-        }
+        Request::Upgrade {
+            name,
+            component,
+            canary: None,
+        } => node.upgrade(&name, &component).await.map(Response::ok),
+        Request::Upgrade {
+            name,
+            component,
+            canary: Some(plan),
+        } => node
+            .start_canary(&name, &component, plan)
+            .await
+            .map(|run| Response::ok(run.started)),
+        Request::UpgradeComponent {
+            selector,
+            component,
+            plan,
+        } => node
+            .upgrade_component(&selector, &component, plan)
+            .await
+            .map(Response::ok),
         Request::Rollback { name, force } => node.rollback(&name, force).await.map(Response::ok),
         Request::Promote { name } => node
             .promote(&name)

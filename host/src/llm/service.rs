@@ -49,6 +49,26 @@ pub struct AgentLlm {
     /// Per backend, in slot order; created on the first call, so agents that never use a
     /// backend add no series to `/metrics`.
     metrics: Vec<OnceLock<LlmAgentMetrics>>,
+    /// Calls made and calls that failed, over every backend (a canary's LLM gate).
+    outcomes: CallOutcomes,
+}
+
+/// How many LLM calls an agent made and how many failed, read without a label lookup.
+#[derive(Default)]
+pub struct CallOutcomes {
+    pub calls: std::sync::atomic::AtomicU64,
+    pub failures: std::sync::atomic::AtomicU64,
+}
+
+impl AgentLlm {
+    /// `(calls, failures)` since the agent was loaded.
+    pub fn call_outcomes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.outcomes.calls.load(Relaxed),
+            self.outcomes.failures.load(Relaxed),
+        )
+    }
 }
 
 impl LlmService {
@@ -155,6 +175,7 @@ impl LlmService {
             budget: Budget::new(name, grants),
             labels: labels.clone(),
             metrics: self.slots.iter().map(|_| OnceLock::new()).collect(),
+            outcomes: CallOutcomes::default(),
         }
     }
 
@@ -170,6 +191,10 @@ impl LlmService {
         let m = agent.metrics[index]
             .get_or_init(|| self.metrics.llm.for_agent(&agent.labels, &slot.name));
         m.calls.inc();
+        let counted = &agent.outcomes;
+        counted
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let kind = request.kind();
         let result = self.call_on(slot, agent, m, model, request).await;
         match &result {
@@ -182,6 +207,9 @@ impl LlmService {
                     .charge(u64::from(prompt) + u64::from(completion));
             }
             Err(e) => {
+                counted
+                    .failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 m.error(error_kind(e));
                 tracing::warn!(agent = %m.labels.agent, backend = %slot.name, "LLM {kind} with model '{model}' failed: {}", super::backend::describe(e));
             }

@@ -177,7 +177,8 @@ impl EmbeddedKv {
             (SyncPolicy::Interval(_), Some(f)) => (Durability::None, Some(f.dirty.clone())),
             _ => (Durability::Immediate, None),
         };
-        let task = tokio::task::spawn_blocking(move || {
+        let in_memory = dirty.is_some();
+        let run = move || {
             let mut txn = db.begin_write().or_kv(what)?;
             txn.set_durability(durability).or_kv(what)?;
             match op(&txn) {
@@ -198,8 +199,15 @@ impl EmbeddedKv {
                     Err(e)
                 }
             }
-        });
-        task.await
+        };
+        if in_memory {
+            // No fsync: a short in-memory commit. Running it here saves two thread hops
+            // per write (to the blocking pool and back), which bound an agent that writes
+            // on every message.
+            return run();
+        }
+        tokio::task::spawn_blocking(run)
+            .await
             .map_err(|e| KvError::Internal(format!("kv store: {what}: write task failed: {e}")))?
     }
 }

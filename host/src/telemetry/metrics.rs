@@ -29,6 +29,25 @@ pub struct LimitLabels {
     pub limit: &'static str,
 }
 
+/// An agent and an upgrade event (`canary_started`, `canary_step`, `canary_check_failed`,
+/// `canary_rolled_back`, `canary_completed`, `wave_rolled_back`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpgradeEventLabels {
+    pub agent: String,
+    pub cluster: String,
+    pub event: &'static str,
+}
+
+/// The upgrade events counted per agent (kept in one list so an unloaded agent's series go).
+pub const UPGRADE_EVENTS: [&str; 6] = [
+    "canary_started",
+    "canary_step",
+    "canary_check_failed",
+    "canary_rolled_back",
+    "canary_completed",
+    "wave_rolled_back",
+];
+
 type LatencyFamily = Family<AgentLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -48,6 +67,8 @@ pub struct Metrics {
     dropped: Family<AgentLabels, Counter>,
     duplicates: Family<AgentLabels, Counter>,
     limit_hits: Family<LimitLabels, Counter>,
+    canary_percent: Family<AgentLabels, Gauge>,
+    upgrade_events: Family<UpgradeEventLabels, Counter>,
     latency: LatencyFamily,
     agents: Gauge,
     rss_bytes: Gauge<u64, AtomicU64>,
@@ -76,6 +97,23 @@ pub struct AgentMetrics {
     pub latency: Histogram,
     /// Times the agent ran into each of its limits.
     pub limits: LimitHits,
+    /// Share of conversations a running canary routes to the new version (0: none).
+    pub canary_percent: Gauge,
+    upgrade_events: Family<UpgradeEventLabels, Counter>,
+}
+
+impl AgentMetrics {
+    /// Counts an upgrade event of this agent (one of [`UPGRADE_EVENTS`]).
+    pub fn upgrade_event(&self, event: &'static str) {
+        debug_assert!(UPGRADE_EVENTS.contains(&event), "{event}");
+        self.upgrade_events
+            .get_or_create(&UpgradeEventLabels {
+                agent: self.labels.agent.clone(),
+                cluster: self.labels.cluster.clone(),
+                event,
+            })
+            .inc();
+    }
 }
 
 /// Counters of the limits an agent ran into; each is also a trap except `memory` (a
@@ -114,6 +152,8 @@ impl Metrics {
             dropped: Family::default(),
             duplicates: Family::default(),
             limit_hits: Family::default(),
+            canary_percent: Family::default(),
+            upgrade_events: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             agents: Gauge::default(),
             rss_bytes: Gauge::default(),
@@ -156,6 +196,16 @@ impl Metrics {
             m.limit_hits.clone(),
         );
         registry.register(
+            "canary_percent",
+            "Share of an agent's conversations a running canary routes to the new version",
+            m.canary_percent.clone(),
+        );
+        registry.register(
+            "upgrade_events",
+            "Upgrade events of an agent: canary steps, failed checks, rollbacks, completions",
+            m.upgrade_events.clone(),
+        );
+        registry.register(
             "handle_seconds",
             "Time an agent's handle export took per message",
             m.latency.clone(),
@@ -196,6 +246,8 @@ impl Metrics {
                 stack: self.limit_hit(&labels, "stack"),
                 host_call: self.limit_hit(&labels, "host_call"),
             },
+            canary_percent: self.canary_percent.get_or_create(&labels).clone(),
+            upgrade_events: self.upgrade_events.clone(),
             labels,
         })
     }
@@ -219,6 +271,14 @@ impl Metrics {
         self.dropped.remove(labels);
         self.duplicates.remove(labels);
         self.latency.remove(labels);
+        self.canary_percent.remove(labels);
+        for event in UPGRADE_EVENTS {
+            self.upgrade_events.remove(&UpgradeEventLabels {
+                agent: labels.agent.clone(),
+                cluster: labels.cluster.clone(),
+                event,
+            });
+        }
         for limit in LimitHits::KINDS {
             self.limit_hits.remove(&LimitLabels {
                 agent: labels.agent.clone(),

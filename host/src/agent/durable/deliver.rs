@@ -51,7 +51,7 @@ impl Runner {
                 }
             })
         };
-        let outcome = self.deliver(d.msg).await;
+        let outcome = self.deliver_routed(d.msg).await;
         progress.abort();
         match outcome {
             Outcome::Handled | Outcome::DeadLettered => {
