@@ -104,3 +104,80 @@ async fn a_files_grant_gives_each_agent_a_private_directory_that_cannot_be_escap
         .exists());
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_write_directory_holds_at_most_its_quota_and_writes_beyond_fail_inside_the_agent() {
+    // Node default 8 KiB; `keeper` sets its own 4 KiB in its manifest.
+    let t = TestNode::start_with(|c| c.defaults.files_max_bytes = 8 << 10).await;
+    let quota = "[files]\naccess = \"read-write\"\nmax_bytes = \"4KiB\"\n";
+    let keeper = t
+        .load("hostile", "keeper", &manifest("keeper", quota))
+        .await;
+    let dir = t.dir.path().join("files").join(&keeper.id);
+    // The agent sees a failed write. Calls that return a filesystem error code say
+    // "no space" (ENOSPC); a failed stream write is EIO to the guest, because wasi-libc
+    // reports every failed stream write as EIO (the host log says which quota it was).
+    let refused = [": error No space left on device", ": error I/O error"];
+    let was_refused = |reply: &str| refused.iter().any(|r| reply.contains(r));
+
+    assert_eq!(
+        fs(&t, "keeper", "fs fill /data/a 3000").await,
+        "fs fill: OK 3000 bytes"
+    );
+    // 3000 + 2000 > 4096, through each call that can grow a file: an append stream, a
+    // write stream, and setting the length.
+    for attempt in [
+        "fs append /data/a 2000",
+        "fs fill /data/b 2000",
+        "fs truncate /data/c 2000",
+    ] {
+        let reply = fs(&t, "keeper", attempt).await;
+        assert!(was_refused(&reply), "{attempt}: {reply}");
+    }
+    let reply = fs(&t, "keeper", "fs truncate /data/c 2000").await;
+    assert!(reply.contains(refused[0]), "set-size says why: {reply}");
+    assert_eq!(std::fs::metadata(dir.join("a")).unwrap().len(), 3000);
+    assert_eq!(
+        std::fs::metadata(dir.join("b")).unwrap().len(),
+        0,
+        "created, nothing written"
+    );
+    // What fits still fits, and rewriting a file gives its old bytes back first.
+    assert_eq!(
+        fs(&t, "keeper", "fs append /data/a 1000").await,
+        "fs append: OK 1000 bytes"
+    );
+    assert_eq!(
+        fs(&t, "keeper", "fs fill /data/a 4000").await,
+        "fs fill: OK 4000 bytes"
+    );
+    assert_eq!(
+        fs(&t, "keeper", "fs truncate /data/a 100").await,
+        "fs truncate: OK 100 bytes"
+    );
+    assert_eq!(
+        fs(&t, "keeper", "fs fill /data/b 3900").await,
+        "fs fill: OK 3900 bytes"
+    );
+
+    let s = t.node.status("keeper").await.unwrap();
+    assert_eq!(s.limit_hits.files, 4, "each refused write is counted");
+    assert_eq!(
+        s.traps, 0,
+        "a refused write is an error the agent handles, not a trap"
+    );
+    let metric =
+        "agent_host_limit_hits_total{agent=\"keeper\",cluster=\"default\",limit=\"files\"} 4";
+    assert!(t.node.metrics.encode().contains(metric));
+
+    // Without max_bytes the node default applies.
+    let rw = "[files]\naccess = \"read-write\"\n";
+    t.load("hostile", "roomy", &manifest("roomy", rw)).await;
+    let big = fs(&t, "roomy", "fs fill /data/a 9000").await;
+    assert!(was_refused(&big), "{big}");
+    assert_eq!(
+        fs(&t, "roomy", "fs fill /data/a 8000").await,
+        "fs fill: OK 8000 bytes"
+    );
+    t.stop().await;
+}

@@ -115,6 +115,7 @@ impl Engine {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        crate::capabilities::files::shadow_writes(&mut linker)?;
         crate::capabilities::add_to_linker(&mut linker)?;
 
         let this = Arc::new(Engine {

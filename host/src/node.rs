@@ -347,7 +347,14 @@ impl Node {
         let files_dir = match manifest.files {
             None => None,
             Some(access) => Some(
-                FilesDir::create(&self.config.node.data_dir, &identity.id, access).map_err(
+                FilesDir::create(
+                    &self.config.node.data_dir,
+                    identity,
+                    access,
+                    manifest.files_max_bytes.unwrap_or(d.files_max_bytes),
+                    metrics.clone(),
+                )
+                .map_err(
                     |e| anyhow::anyhow!("cannot create the [files] directory of agent '{}' under {}: {e}; the node's data dir must be writable", identity.name, self.config.node.data_dir.display()),
                 )?,
             ),

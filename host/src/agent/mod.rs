@@ -67,22 +67,42 @@ pub struct AgentCaps {
 }
 
 /// An agent's private directory on the host and what it may do there.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FilesDir {
     pub host_path: std::path::PathBuf,
     pub access: crate::manifest::FilesAccess,
+    /// How much a read-write directory may hold (`None` when read-only).
+    pub quota: Option<Arc<crate::capabilities::files::FilesQuota>>,
 }
 
 impl FilesDir {
-    /// `{data_dir}/files/{agent id}`, created if absent (a new agent starts empty).
+    /// `{data_dir}/files/{agent id}`, created if absent (a new agent starts empty); a
+    /// read-write directory gets a quota of `max_bytes`, counted from what it holds now.
     pub fn create(
         data_dir: &std::path::Path,
-        agent_id: &str,
+        identity: &Identity,
         access: crate::manifest::FilesAccess,
+        max_bytes: u64,
+        metrics: Arc<crate::telemetry::AgentMetrics>,
     ) -> std::io::Result<FilesDir> {
-        let host_path = data_dir.join("files").join(agent_id);
+        let host_path = data_dir.join("files").join(&identity.id);
         std::fs::create_dir_all(&host_path)?;
-        Ok(FilesDir { host_path, access })
+        let quota = match access {
+            crate::manifest::FilesAccess::ReadOnly => None,
+            crate::manifest::FilesAccess::ReadWrite => {
+                Some(Arc::new(crate::capabilities::files::FilesQuota::new(
+                    &host_path,
+                    max_bytes,
+                    &identity.name,
+                    metrics,
+                )?))
+            }
+        };
+        Ok(FilesDir {
+            host_path,
+            access,
+            quota,
+        })
     }
 }
 

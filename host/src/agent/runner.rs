@@ -16,7 +16,7 @@ use super::durable::next_durable;
 use super::inbox::{next_from, Inbox, Via};
 use super::instance::{instantiate, Code, InstanceLimits, Live};
 use super::snapshots::{self, SnapshotWriter};
-use super::status::{AgentState, AgentStatus, AgentSummary, LimitHitCounts};
+use super::status::{AgentState, AgentStatus, AgentSummary};
 use super::supervisor::Outcome;
 use super::upgrade::{Green, Previous, SwapReport};
 use super::{AgentCaps, Identity};
@@ -114,12 +114,7 @@ impl AgentHandle {
             errors: m.errors.get(),
             traps: m.traps.get(),
             denied: m.denied.get(),
-            limit_hits: LimitHitCounts {
-                cpu: m.limits.cpu.get(),
-                memory: m.limits.memory.get(),
-                stack: m.limits.stack.get(),
-                host_call: m.limits.host_call.get(),
-            },
+            limit_hits: m.limits.counts(),
             restarts: self.status.restarts.load(Ordering::Relaxed),
             dead_lettered: self.status.dead_lettered.load(Ordering::Relaxed),
             subscriptions: self.subscriptions.clone(),

@@ -145,4 +145,7 @@ pub struct LimitHitCounts {
     pub stack: u64,
     /// Calls abandoned while blocked in one host call for longer than the node allows.
     pub host_call: u64,
+    /// File writes refused at `[files] max_bytes` (the agent saw "no space left").
+    #[serde(default)]
+    pub files: u64,
 }

@@ -19,6 +19,8 @@ pub use llm::{BackendEntry, BackendKind, LlmSection, DEFAULT_BACKEND, DEFAULT_OL
 pub use env::ENV_VARS;
 mod read;
 #[cfg(test)]
+mod sandbox_tests;
+#[cfg(test)]
 mod tests;
 
 /// Everything the node needs to start, after defaults and environment overrides.
@@ -141,6 +143,9 @@ pub struct DefaultLimits {
     pub max_message_bytes: u64,
     /// How long one host call (request, LLM call) may take before it returns `timeout`.
     pub host_call_timeout_ms: u64,
+    /// How much a read-write `[files]` directory may hold when its manifest sets no
+    /// `[files] max_bytes`.
+    pub files_max_bytes: u64,
 }
 
 /// The message bus backend.
@@ -226,6 +231,7 @@ impl Default for DefaultLimits {
             cpu_ms_per_message: 200,
             max_message_bytes: 1 << 20,
             host_call_timeout_ms: 30_000,
+            files_max_bytes: 64 << 20,
         }
     }
 }

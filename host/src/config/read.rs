@@ -173,6 +173,7 @@ fn defaults(root: &Section, engine: &EngineSection) -> Result<DefaultLimits, Fie
             "cpu_ms_per_message",
             "max_message_bytes",
             "host_call_timeout_ms",
+            "files_max_bytes",
         ],
     )?;
     let d = DefaultLimits::default();
@@ -203,6 +204,12 @@ fn defaults(root: &Section, engine: &EngineSection) -> Result<DefaultLimits, Fie
                 "every host call would time out",
             )?
             .unwrap_or(d.host_call_timeout_ms),
+        files_max_bytes: s
+            .positive_bytes(
+                "files_max_bytes",
+                "read-write [files] directories could hold nothing",
+            )?
+            .unwrap_or(d.files_max_bytes),
     })
 }
 

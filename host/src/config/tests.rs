@@ -62,7 +62,8 @@ fn no_file_means_the_documented_defaults() {
             memory: 64 << 20,
             cpu_ms_per_message: 200,
             max_message_bytes: 1 << 20,
-            host_call_timeout_ms: 30_000
+            host_call_timeout_ms: 30_000,
+            files_max_bytes: 64 << 20,
         }
     );
     assert_eq!(c.llm, LlmSection::default());

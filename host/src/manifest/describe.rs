@@ -187,6 +187,16 @@ fn files(m: &Manifest, out: &mut String) {
             super::FILES_GUEST_DIR,
             m.agent.id
         );
+        if access == super::FilesAccess::ReadWrite {
+            let quota = m
+                .files_max_bytes
+                .map(format_bytes)
+                .unwrap_or_else(|| "the node default ([defaults] files_max_bytes)".to_string());
+            let _ = writeln!(
+                out,
+                "  holding at most {quota}; writes beyond fail with \"no space left\""
+            );
+        }
     }
 }
 

@@ -17,6 +17,8 @@ mod describe;
 mod read;
 pub(crate) use read::parse_id;
 #[cfg(test)]
+mod sandbox_tests;
+#[cfg(test)]
 mod tests;
 
 /// Cluster an agent joins when its manifest names none.
@@ -39,6 +41,9 @@ pub struct Manifest {
     pub limits: Limits,
     /// A private directory for the agent's files (`[files]`); `None`: no file access at all.
     pub files: Option<FilesAccess>,
+    /// `[files] max_bytes`: how much a read-write directory may hold; `None` means the
+    /// node default (`[defaults] files_max_bytes`). Refused with a read-only grant.
+    pub files_max_bytes: Option<u64>,
     /// Free key/values the agent reads with `runtime.config`.
     pub config: BTreeMap<String, String>,
 }
@@ -242,6 +247,7 @@ impl Manifest {
             kv: KvGrants::default(),
             limits: Limits::default(),
             files: None,
+            files_max_bytes: None,
             config: BTreeMap::new(),
         })
     }

@@ -40,6 +40,7 @@ pub(super) fn manifest(
         kv: kv(&root)?,
         limits: limits(&root)?,
         files: files(&root, document.contains_key("files"))?,
+        files_max_bytes: files_max_bytes(&root)?,
         config: config(&root)?,
     })
 }
@@ -239,7 +240,7 @@ fn limits(root: &Section) -> Result<Limits, FieldError> {
 
 /// `[files]`: present means granted, so `access` must say how (no silent default).
 fn files(root: &Section, present: bool) -> Result<Option<FilesAccess>, FieldError> {
-    let s = root.section("files", &["access"])?;
+    let s = root.section("files", &["access", "max_bytes"])?;
     let expected = "expected access = \"read-only\" or access = \"read-write\"";
     match s.string("access", "\"read-only\"")?.as_deref() {
         None if !present => Ok(None),
@@ -254,6 +255,23 @@ fn files(root: &Section, present: bool) -> Result<Option<FilesAccess>, FieldErro
             format!("{other:?} is not an access mode; {expected}"),
         )),
     }
+}
+
+/// `[files] max_bytes`: a quota only a read-write grant can use.
+fn files_max_bytes(root: &Section) -> Result<Option<u64>, FieldError> {
+    let s = root.section("files", &["access", "max_bytes"])?;
+    let max_bytes = s.positive_bytes(
+        "max_bytes",
+        "the agent could write nothing; use access = \"read-only\" instead",
+    )?;
+    if max_bytes.is_some() && s.string("access", "\"read-write\"")?.as_deref() != Some("read-write")
+    {
+        return Err(s.error(
+            "max_bytes",
+            "applies only to access = \"read-write\" (a read-only directory cannot grow); remove max_bytes or set access = \"read-write\"",
+        ));
+    }
+    Ok(max_bytes)
 }
 
 fn config(root: &Section) -> Result<BTreeMap<String, String>, FieldError> {

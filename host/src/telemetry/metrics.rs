@@ -21,7 +21,7 @@ pub struct AgentLabels {
     pub cluster: String,
 }
 
-/// An agent and the limit it ran into (`cpu`, `memory`, `stack`, `host_call`).
+/// An agent and the limit it ran into (`cpu`, `memory`, `stack`, `host_call`, `files`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub agent: String,
@@ -128,10 +128,23 @@ pub struct LimitHits {
     pub stack: Counter,
     /// Calls abandoned while blocked in one host call for too long.
     pub host_call: Counter,
+    /// File writes refused at `[files] max_bytes`.
+    pub files: Counter,
 }
 
 impl LimitHits {
-    const KINDS: [&'static str; 4] = ["cpu", "memory", "stack", "host_call"];
+    const KINDS: [&'static str; 5] = ["cpu", "memory", "stack", "host_call", "files"];
+
+    /// The counts so far, as `host status` shows them.
+    pub fn counts(&self) -> crate::agent::LimitHitCounts {
+        crate::agent::LimitHitCounts {
+            cpu: self.cpu.get(),
+            memory: self.memory.get(),
+            stack: self.stack.get(),
+            host_call: self.host_call.get(),
+            files: self.files.get(),
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -192,7 +205,7 @@ impl Metrics {
         );
         registry.register(
             "limit_hits",
-            "Times an agent ran into a limit (cpu, memory, stack, host_call)",
+            "Times an agent ran into a limit (cpu, memory, stack, host_call, files)",
             m.limit_hits.clone(),
         );
         registry.register(
@@ -245,6 +258,7 @@ impl Metrics {
                 memory: self.limit_hit(&labels, "memory"),
                 stack: self.limit_hit(&labels, "stack"),
                 host_call: self.limit_hit(&labels, "host_call"),
+                files: self.limit_hit(&labels, "files"),
             },
             canary_percent: self.canary_percent.get_or_create(&labels).clone(),
             upgrade_events: self.upgrade_events.clone(),

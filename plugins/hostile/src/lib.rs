@@ -17,6 +17,8 @@
 //! - `spoof SUBJECT AGENT-REF`: publishes with a forged `Agent-Ref` sender header.
 //! - `other-kv ID KEY`: tries every way it can think of to name key KEY of agent ID.
 //! - `fs`, `fs read PATH`, `fs write PATH TEXT`, `fs list PATH`: WASI file access via std.
+//!   `fs fill PATH N` writes a file of N bytes, `fs append PATH N` appends N bytes,
+//!   `fs truncate PATH N` sets a file's length to N (to test the `[files]` quota).
 //! - `env`: reads the environment, arguments and working directory via std.
 //! - `net [ADDR]`: opens TCP and UDP sockets and resolves a name via std.
 //! - `sleep MS`: blocks in a WASI clock call (a host call) for MS milliseconds.
@@ -235,6 +237,25 @@ fn fs(args: &[&str], rest: &str) -> String {
     match args.first().copied() {
         Some("read") => format!("fs read: {}", read(args.get(1).copied().unwrap_or("."))),
         Some("list") => format!("fs list: {}", list(args.get(1).copied().unwrap_or("."))),
+        Some(verb @ ("fill" | "append" | "truncate")) => {
+            let path = args.get(1).copied().unwrap_or("hostile-was-here");
+            let n: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1 << 20);
+            let done = match verb {
+                "fill" => std::fs::write(path, vec![b'x'; n]),
+                "append" => std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(path)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, &vec![b'y'; n])),
+                _ => std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+                    .and_then(|f| f.set_len(n as u64)),
+            };
+            format!("fs {verb}: {}", show(done.map(|_| format!("{n} bytes"))))
+        }
         Some("write") => {
             let path = args.get(1).copied().unwrap_or("hostile-was-here");
             let text = rest.splitn(3, ' ').nth(2).unwrap_or("hostile was here");

@@ -1,0 +1,53 @@
+//! Manifest fields of the sandbox's limits: each is read as documented, and each bad value
+//! is refused naming the file, the field and what is expected.
+
+use std::path::Path;
+
+use super::*;
+
+fn parse(extra: &str) -> Result<Manifest, ManifestError> {
+    let text = format!("[agent]\nname = \"a\"\n{extra}");
+    Manifest::parse(&text, Some(Path::new("agents/a.toml")))
+}
+
+/// The error `extra` gives, as shown; asserts it names the file and `field`.
+fn refused(extra: &str, field: &str) -> String {
+    let err = parse(extra).unwrap_err();
+    assert_eq!(err.field.as_deref(), Some(field), "{extra:?}: {err}");
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with(&format!("manifest agents/a.toml: field {field}: ")),
+        "{shown}"
+    );
+    shown
+}
+
+#[test]
+fn a_read_write_files_grant_may_set_its_size_quota() {
+    let m = parse("[files]\naccess = \"read-write\"\nmax_bytes = \"10MiB\"\n").unwrap();
+    assert_eq!(m.files_max_bytes, Some(10 << 20));
+    let m = parse("[files]\naccess = \"read-write\"\n").unwrap();
+    assert_eq!(m.files_max_bytes, None, "absent: the node default");
+}
+
+#[test]
+fn a_files_quota_must_be_a_positive_size_on_a_read_write_grant() {
+    let shown = refused(
+        "[files]\naccess = \"read-only\"\nmax_bytes = \"1MiB\"\n",
+        "files.max_bytes",
+    );
+    assert!(
+        shown.contains("applies only to access = \"read-write\""),
+        "{shown}"
+    );
+    let shown = refused(
+        "[files]\naccess = \"read-write\"\nmax_bytes = 0\n",
+        "files.max_bytes",
+    );
+    assert!(shown.contains("0 bytes is not allowed"), "{shown}");
+    let shown = refused(
+        "[files]\naccess = \"read-write\"\nmax_bytes = \"lots\"\n",
+        "files.max_bytes",
+    );
+    assert!(shown.contains("expected a size like"), "{shown}");
+}
