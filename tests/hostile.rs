@@ -26,6 +26,7 @@ max_bytes = "256KiB"
 memory = "16MiB"
 cpu_ms_per_message = 50
 max_message_bytes = "64KiB"
+publish_per_second = 100
 "#;
 
 const ATTACK: &str = "agent.to.hostile.attack";
@@ -209,13 +210,34 @@ async fn attacks_through_the_host_get_errors_and_the_attacker_keeps_its_instance
     // Time waiting in a host call is not charged as CPU (50 ms budget, 100 ms sleep).
     assert_eq!(survived(&t, "sleep 100").await, "slept 100 ms");
 
-    // A flood is bounded by the CPU budget; slow subscribers lose messages, counted.
+    // A flood gets one second's worth of its publish rate (100) through, the rest is
+    // refused with `quota-exceeded`, counted; slow subscribers lose messages, counted.
     let slow = t.node.bus.subscribe("hostile.flood", 16).await.unwrap();
     let reply = survived(&t, "flood 2000 hostile.flood").await;
-    assert_eq!(reply, "flood: published 2000 of 2000");
+    has(
+        &reply,
+        &["; first error: quota exceeded: agent 'hostile' sends more than 100 messages per second ([limits] publish_per_second)"],
+    );
+    let sent = reply.trim_start_matches("flood: published ");
+    let sent: u64 = sent[..sent.find(' ').unwrap()].parse().unwrap();
+    assert!((100..=110).contains(&sent), "one second's burst: {reply}");
+    let refused = t
+        .node
+        .status("hostile")
+        .await
+        .unwrap()
+        .limit_hits
+        .publish_rate;
+    assert_eq!(refused, 2000 - sent);
+    has(
+        &t.node.metrics.encode(),
+        &[&limit_metric("publish_rate", refused)],
+    );
     let dropped = t.node.bus.dropped();
-    assert!(dropped >= 2000 - 16, "dropped {dropped}");
+    assert!(dropped >= sent - 16, "dropped {dropped}");
     drop(slow);
+    echo_still_serves(&t).await;
+    // An endless flood is refused too, until the CPU budget stops it.
     fatal(&t, "flood 1000000000 hostile.flood").await;
 
     let s = t.node.status("hostile").await.unwrap();

@@ -15,7 +15,8 @@ use crate::agent::AgentStatus;
 use crate::agent::{AgentCaps, AgentHandle, AgentSummary, FilesDir, Identity};
 use crate::bus::{BusMessage, EmbeddedBus, NatsBus, NatsOptions, Transport};
 use crate::capabilities::{
-    kv::KvCtx, llm::LlmCtx, messaging::Directory, messaging::MessagingCtx, runtime::RuntimeCtx,
+    kv::KvCtx, llm::LlmCtx, messaging::Directory, messaging::MessagingCtx, rate::PublishRate,
+    runtime::RuntimeCtx,
 };
 use crate::config::NodeConfig;
 use crate::engine::Engine;
@@ -369,6 +370,14 @@ impl Node {
                 max_message_bytes: usize::try_from(max_message).unwrap_or(usize::MAX),
                 max_timeout: Duration::from_millis(d.host_call_timeout_ms),
                 metrics: metrics.clone(),
+                publish_rate: PublishRate::new(
+                    manifest
+                        .limits
+                        .publish_per_second
+                        .unwrap_or(d.publish_per_second),
+                    &identity.name,
+                    metrics.clone(),
+                ),
             },
             kv: KvCtx {
                 namespace: identity.id.clone(),

@@ -136,6 +136,7 @@ impl Live {
         data.limits.begin_turn();
         let turn = &mut data.turn;
         turn.reply_to = reply_to;
+        turn.replied = false;
         turn.started = std::time::Instant::now();
         turn.host_time = Duration::ZERO;
         turn.clock = HostClock::default();

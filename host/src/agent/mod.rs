@@ -111,6 +111,8 @@ impl FilesDir {
 pub struct Turn {
     /// Reply-to of the message being handled: the agent may always publish there.
     pub reply_to: Option<String>,
+    /// Whether the agent replied in this call (one reply is not charged to its publish rate).
+    pub replied: bool,
     pub started: Instant,
     /// Time the capability modules spent waiting on backends in this call. Components'
     /// host time is measured for every host call by the call hook (`clock`); this is what
@@ -125,6 +127,7 @@ impl Turn {
     fn idle() -> Turn {
         Turn {
             reply_to: None,
+            replied: false,
             started: Instant::now(),
             host_time: Duration::ZERO,
             clock: limits::HostClock::default(),

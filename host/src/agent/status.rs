@@ -148,4 +148,7 @@ pub struct LimitHitCounts {
     /// File writes refused at `[files] max_bytes` (the agent saw "no space left").
     #[serde(default)]
     pub files: u64,
+    /// Messages refused at `[limits] publish_per_second` (the agent got `quota-exceeded`).
+    #[serde(default)]
+    pub publish_rate: u64,
 }

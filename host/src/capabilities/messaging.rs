@@ -2,7 +2,8 @@
 //!
 //! Grants: `[messaging] publish` (subject patterns for publish and request) and
 //! `[messaging] send` (agent names for send and agent-addressed requests). Replying to the
-//! message being handled needs no grant.
+//! message being handled needs no grant. Every message the agent originates is charged to
+//! its publish rate (`[limits] publish_per_second`, see [`super::rate`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use wasmtime::component::{HasData, Linker};
 
+use super::rate::PublishRate;
 use super::{deny, HostResult};
 use crate::agent::{AgentStore, Identity, Turn};
 use crate::bindings::agent::host::messaging::{self, AgentTarget, Destination, OutgoingRequest};
@@ -38,6 +40,8 @@ pub struct MessagingCtx {
     pub max_message_bytes: usize,
     pub max_timeout: Duration,
     pub metrics: Arc<AgentMetrics>,
+    /// `[limits] publish_per_second`: every message the agent originates takes a token.
+    pub publish_rate: PublishRate,
 }
 
 impl MessagingCtx {
@@ -87,6 +91,15 @@ impl MessagingCtx {
             )));
         }
         Ok(())
+    }
+
+    /// Charges one message to the publish rate, except the first reply of the turn.
+    fn charge(&self, subject: &str, turn: &mut Turn) -> Result<(), WitError> {
+        if !turn.replied && turn.reply_to.as_deref() == Some(subject) {
+            turn.replied = true;
+            return Ok(());
+        }
+        self.publish_rate.take()
     }
 
     // ---- subjects --------------------------------------------------------------------
@@ -268,6 +281,7 @@ impl messaging::Host for MessagingView<'_> {
         if let Err(e) = ctx
             .check_publish(&subject, self.turn)
             .and_then(|_| ctx.check_size(&payload))
+            .and_then(|_| ctx.charge(&subject, self.turn))
         {
             return Ok(Err(e));
         }
@@ -285,6 +299,7 @@ impl messaging::Host for MessagingView<'_> {
         let subject = match ctx
             .command_subject(&to, &command)
             .and_then(|s| ctx.check_size(&payload).map(|_| s))
+            .and_then(|s| ctx.publish_rate.take().map(|_| s))
         {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
@@ -300,7 +315,10 @@ impl messaging::Host for MessagingView<'_> {
         timeout_ms: u32,
     ) -> HostResult<Message> {
         let ctx = self.ctx;
-        let subject = match ctx.destination_subject(&to, self.turn) {
+        let subject = match ctx
+            .destination_subject(&to, self.turn)
+            .and_then(|s| ctx.publish_rate.take().map(|_| s))
+        {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
         };
@@ -331,7 +349,9 @@ impl messaging::Host for MessagingView<'_> {
         let timeout = ctx.timeout(timeout_ms);
         let turn: &Turn = self.turn;
         let calls = requests.into_iter().map(|r| {
-            let subject = ctx.destination_subject(&r.to, turn);
+            let subject = ctx
+                .destination_subject(&r.to, turn)
+                .and_then(|s| ctx.publish_rate.take().map(|_| s));
             async move {
                 match subject {
                     Ok(subject) => {

@@ -5,6 +5,7 @@ pub mod files;
 pub mod kv;
 pub mod llm;
 pub mod messaging;
+pub mod rate;
 pub mod runtime;
 
 use wasmtime::component::{HasSelf, Linker};

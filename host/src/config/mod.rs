@@ -146,6 +146,9 @@ pub struct DefaultLimits {
     /// How much a read-write `[files]` directory may hold when its manifest sets no
     /// `[files] max_bytes`.
     pub files_max_bytes: u64,
+    /// Messages an agent may originate per second when its manifest sets no
+    /// `[limits] publish_per_second` (replies to the message it handles are free).
+    pub publish_per_second: u32,
 }
 
 /// The message bus backend.
@@ -232,6 +235,7 @@ impl Default for DefaultLimits {
             max_message_bytes: 1 << 20,
             host_call_timeout_ms: 30_000,
             files_max_bytes: 64 << 20,
+            publish_per_second: 1000,
         }
     }
 }

@@ -174,6 +174,7 @@ fn defaults(root: &Section, engine: &EngineSection) -> Result<DefaultLimits, Fie
             "max_message_bytes",
             "host_call_timeout_ms",
             "files_max_bytes",
+            "publish_per_second",
         ],
     )?;
     let d = DefaultLimits::default();
@@ -210,6 +211,13 @@ fn defaults(root: &Section, engine: &EngineSection) -> Result<DefaultLimits, Fie
                 "read-write [files] directories could hold nothing",
             )?
             .unwrap_or(d.files_max_bytes),
+        publish_per_second: s
+            .positive(
+                "publish_per_second",
+                "1000",
+                "agents without their own limit could send nothing but replies",
+            )?
+            .unwrap_or(d.publish_per_second),
     })
 }
 

@@ -31,3 +31,20 @@ fn files_directories_hold_64_mib_unless_the_node_says_otherwise() {
     );
     assert!(shown.contains("0 bytes is not allowed"), "{shown}");
 }
+
+#[test]
+fn agents_send_at_most_1000_messages_a_second_unless_the_node_says_otherwise() {
+    assert_eq!(parse("").unwrap().defaults.publish_per_second, 1000);
+    let c = parse("[defaults]\npublish_per_second = 20\n").unwrap();
+    assert_eq!(c.defaults.publish_per_second, 20);
+    let shown = refused(
+        "[defaults]\npublish_per_second = 0\n",
+        "defaults.publish_per_second",
+    );
+    assert!(shown.contains("0 is not allowed"), "{shown}");
+    let shown = refused(
+        "[defaults]\npublish_per_second = -3\n",
+        "defaults.publish_per_second",
+    );
+    assert!(shown.contains("negative"), "{shown}");
+}

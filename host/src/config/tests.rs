@@ -64,6 +64,7 @@ fn no_file_means_the_documented_defaults() {
             max_message_bytes: 1 << 20,
             host_call_timeout_ms: 30_000,
             files_max_bytes: 64 << 20,
+            publish_per_second: 1000,
         }
     );
     assert_eq!(c.llm, LlmSection::default());

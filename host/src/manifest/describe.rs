@@ -176,6 +176,13 @@ fn storage_and_limits(m: &Manifest, out: &mut String) {
             .map(format_bytes)
             .unwrap_or_else(node_default)
     );
+    let _ = writeln!(
+        out,
+        "  messages sent per second (replies excepted): {}",
+        l.publish_per_second
+            .map(|n| n.to_string())
+            .unwrap_or_else(node_default)
+    );
 }
 
 fn files(m: &Manifest, out: &mut String) {

@@ -149,6 +149,8 @@ pub struct Limits {
     pub memory: Option<u64>,
     pub cpu_ms_per_message: Option<u64>,
     pub max_message_bytes: Option<u64>,
+    /// Messages the agent may originate per second (see `capabilities::rate`).
+    pub publish_per_second: Option<u32>,
 }
 
 /// A manifest that cannot be used: which file, which field, what is wrong and expected.

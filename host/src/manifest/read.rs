@@ -228,13 +228,23 @@ fn kv(root: &Section) -> Result<KvGrants, FieldError> {
 fn limits(root: &Section) -> Result<Limits, FieldError> {
     let s = root.section(
         "limits",
-        &["memory", "cpu_ms_per_message", "max_message_bytes"],
+        &[
+            "memory",
+            "cpu_ms_per_message",
+            "max_message_bytes",
+            "publish_per_second",
+        ],
     )?;
     let no_zero = "the agent could not run; leave the field out for the node default";
     Ok(Limits {
         memory: s.positive_bytes("memory", no_zero)?,
         cpu_ms_per_message: s.positive("cpu_ms_per_message", "200", no_zero)?,
         max_message_bytes: s.positive_bytes("max_message_bytes", no_zero)?,
+        publish_per_second: s.positive(
+            "publish_per_second",
+            "100",
+            "the agent could send nothing but replies; leave the field out for the node default",
+        )?,
     })
 }
 

@@ -51,3 +51,35 @@ fn a_files_quota_must_be_a_positive_size_on_a_read_write_grant() {
     );
     assert!(shown.contains("expected a size like"), "{shown}");
 }
+
+#[test]
+fn the_publish_rate_is_a_positive_number_of_messages_per_second() {
+    let m = parse("[limits]\npublish_per_second = 50\n").unwrap();
+    assert_eq!(m.limits.publish_per_second, Some(50));
+    assert_eq!(parse("").unwrap().limits.publish_per_second, None);
+    assert!(m
+        .describe()
+        .contains("messages sent per second (replies excepted): 50"));
+    let shown = refused(
+        "[limits]\npublish_per_second = 0\n",
+        "limits.publish_per_second",
+    );
+    assert!(shown.contains("0 is not allowed"), "{shown}");
+    assert!(
+        shown.contains("expected a whole number like 100"),
+        "{shown}"
+    );
+    let shown = refused(
+        "[limits]\npublish_per_second = \"fast\"\n",
+        "limits.publish_per_second",
+    );
+    assert!(
+        shown.contains("expected a whole number like 100"),
+        "{shown}"
+    );
+    let shown = refused(
+        "[limits]\npublish_per_second = 5000000000\n",
+        "limits.publish_per_second",
+    );
+    assert!(shown.contains("5000000000"), "{shown}");
+}

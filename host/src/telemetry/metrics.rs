@@ -21,7 +21,7 @@ pub struct AgentLabels {
     pub cluster: String,
 }
 
-/// An agent and the limit it ran into (`cpu`, `memory`, `stack`, `host_call`, `files`).
+/// An agent and the limit it ran into (`cpu`, `memory`, `stack`, `host_call`, `files`, `publish_rate`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub agent: String,
@@ -130,10 +130,19 @@ pub struct LimitHits {
     pub host_call: Counter,
     /// File writes refused at `[files] max_bytes`.
     pub files: Counter,
+    /// Messages refused at `[limits] publish_per_second`.
+    pub publish_rate: Counter,
 }
 
 impl LimitHits {
-    const KINDS: [&'static str; 5] = ["cpu", "memory", "stack", "host_call", "files"];
+    const KINDS: [&'static str; 6] = [
+        "cpu",
+        "memory",
+        "stack",
+        "host_call",
+        "files",
+        "publish_rate",
+    ];
 
     /// The counts so far, as `host status` shows them.
     pub fn counts(&self) -> crate::agent::LimitHitCounts {
@@ -143,6 +152,7 @@ impl LimitHits {
             stack: self.stack.get(),
             host_call: self.host_call.get(),
             files: self.files.get(),
+            publish_rate: self.publish_rate.get(),
         }
     }
 }
@@ -205,7 +215,7 @@ impl Metrics {
         );
         registry.register(
             "limit_hits",
-            "Times an agent ran into a limit (cpu, memory, stack, host_call, files)",
+            "Times an agent ran into a limit (cpu, memory, stack, host_call, files, publish_rate)",
             m.limit_hits.clone(),
         );
         registry.register(
@@ -259,6 +269,7 @@ impl Metrics {
                 stack: self.limit_hit(&labels, "stack"),
                 host_call: self.limit_hit(&labels, "host_call"),
                 files: self.limit_hit(&labels, "files"),
+                publish_rate: self.limit_hit(&labels, "publish_rate"),
             },
             canary_percent: self.canary_percent.get_or_create(&labels).clone(),
             upgrade_events: self.upgrade_events.clone(),
