@@ -194,6 +194,11 @@ async fn attacks_through_the_host_get_errors_and_the_attacker_keeps_its_instance
     // Sizes and quotas.
     let reply = survived(&t, "big 100000 hostile.big").await;
     has(&reply, &["at most 65536", "max_message_bytes"]);
+    let reply = survived(&t, "big-header 100000 hostile.big").await;
+    has(
+        &reply,
+        &["big-header: refused: invalid: payload is 5 bytes and its headers 100005 bytes; at most 65536 allowed ([limits] max_message_bytes)"],
+    );
     let reply = survived(&t, &format!("other-kv {} secret", victim.id)).await;
     lacks(&reply, &["FOUND", "s3cr3t"]);
     has(&reply, &["list-keys -> []"]); // only its own, empty namespace
@@ -511,5 +516,34 @@ async fn echo_keeps_within_20_percent_of_its_throughput_while_the_hostile_agent_
         "echo kept only {ratio:.2} of its throughput: {ratios:.2?}"
     );
     assert_eq!(t.node.status("echo").await.unwrap().traps, 0);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_needing_more_instances_or_tables_than_its_limits_is_refused_naming_the_field()
+{
+    let _shared = MACHINE.read().await;
+    let t = TestNode::start().await;
+    for (field, needs) in [("instances", "instances"), ("tables", "tables")] {
+        let manifest = format!("[agent]\nname = \"echo\"\n[limits]\n{field} = 1\n");
+        let err = t.try_load("echo", "echo", &manifest).await.unwrap_err();
+        has(
+            &format!("{err:#}"),
+            &[
+                &format!("the component needs more {needs} than its limit of 1"),
+                &format!("raise [limits] {field} in its manifest"),
+            ],
+        );
+    }
+    let over = "[agent]\nname = \"echo\"\n[limits]\ninstances = 500\n";
+    let err = t.try_load("echo", "echo", over).await.unwrap_err();
+    has(
+        &format!("{err:#}"),
+        &["field limits.instances: 500 is more than this node's engine allows per component (20)"],
+    );
+    assert!(t.node.list().await.is_empty());
+    // The defaults (the pool's bounds) fit every agent in plugins/.
+    t.load("echo", "echo", "").await;
+    echo_still_serves(&t).await;
     t.stop().await;
 }

@@ -34,9 +34,12 @@ const MAPPINGS_PER_COW_IMAGE: u64 = 2;
 const MAPPINGS_RESERVED: u64 = 4096;
 /// Core instances and memories inside one component (a Rust wasip2 component has a
 /// handful: the main module, the WASI adapter and shims).
-const CORE_INSTANCES_PER_COMPONENT: u32 = 20;
-const MEMORIES_PER_COMPONENT: u32 = 2;
-const TABLES_PER_COMPONENT: u32 = 4;
+/// They are also the most `[limits] instances`, `memories` and `tables` may allow.
+pub const CORE_INSTANCES_PER_COMPONENT: u32 = 20;
+pub const MEMORIES_PER_COMPONENT: u32 = 2;
+pub const TABLES_PER_COMPONENT: u32 = 4;
+/// Elements one table may have in the pool, the most `[limits] table_elements` may allow.
+pub const TABLE_ELEMENTS: u32 = 20_000;
 
 /// Why a component could not be loaded; the text says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,7 @@ impl Engine {
             .max_memories_per_component(MEMORIES_PER_COMPONENT)
             .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
             .max_tables_per_component(TABLES_PER_COMPONENT)
+            .table_elements(TABLE_ELEMENTS as usize)
             .total_stacks(settings.max_agents.saturating_add(SPARE_STACKS))
             .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

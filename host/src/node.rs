@@ -331,6 +331,7 @@ impl Node {
             memory_bytes: memory,
             cpu_per_message: Duration::from_millis(cpu),
             host_call_limit,
+            counts: crate::agent::limits::counts_for(manifest, &d.counts)?,
         })
     }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx};
 
-use super::limits::{call_hook, describe_trap, HostCallWatch, HostClock, LimitHit, Limiter};
+use super::limits::{
+    call_hook, describe_trap, HostCallWatch, HostClock, InstanceCounts, LimitHit, Limiter,
+};
 use super::native::{NativeFactory, NativeGuest};
 use super::stdio::LogStream;
 use super::{AgentCaps, AgentStore, CpuBudgetExceeded, Turn};
@@ -44,6 +46,8 @@ pub struct InstanceLimits {
     pub cpu_per_message: Duration,
     /// Longest the instance may stay inside one host call before the call is abandoned.
     pub host_call_limit: Duration,
+    /// Core instances, tables, memories and table elements the instance may create.
+    pub counts: InstanceCounts,
 }
 
 /// A live instance and the store that owns its memory.
@@ -186,7 +190,12 @@ pub async fn instantiate(
             })?;
     }
     let wasi = wasi.build();
-    let limiter = Limiter::new(&name, limits.memory_bytes, caps.messaging.metrics.clone());
+    let limiter = Limiter::new(
+        &name,
+        limits.memory_bytes,
+        limits.counts,
+        caps.messaging.metrics.clone(),
+    );
     let watch = HostCallWatch::new(limits.host_call_limit);
     let data = AgentStore {
         wasi,
@@ -220,7 +229,11 @@ pub async fn instantiate(
         Code::Wasm(compiled) => Guest::Wasm(
             watch
                 .bound(compiled.pre.instantiate_async(&mut store))
-                .await?,
+                .await
+                .map_err(|e| match limits.counts.explain(&e) {
+                    Some(why) => wasmtime::format_err!("agent '{name}': {why}"),
+                    None => e,
+                })?,
         ),
         Code::Native(factory) => Guest::Native(factory()),
     };

@@ -151,4 +151,7 @@ pub struct LimitHitCounts {
     /// Messages refused at `[limits] publish_per_second` (the agent got `quota-exceeded`).
     #[serde(default)]
     pub publish_rate: u64,
+    /// Table growths refused at `[limits] table_elements` (the agent saw `table.grow` fail).
+    #[serde(default)]
+    pub table: u64,
 }

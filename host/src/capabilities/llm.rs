@@ -23,6 +23,10 @@ use crate::telemetry::AgentMetrics;
 const MAX_MODEL_NAME: usize = 256;
 /// Most inputs one `embed` call may carry.
 pub const MAX_EMBED_INPUTS: usize = 1024;
+/// Most text one call may carry (messages, prompt, stop strings, inputs): far beyond any
+/// model's context window, so only a runaway agent meets it, and then gets `invalid`
+/// before its text is sent on.
+pub const MAX_INPUT_BYTES: usize = 2 << 20;
 
 /// What the llm import of one agent needs; shared by all its instances, so the budgets
 /// are the agent's, not the instance's.
@@ -132,7 +136,26 @@ fn check_options(o: &Options) -> Result<(), WitError> {
     Ok(())
 }
 
+/// The text a request carries, in bytes.
+fn input_bytes(r: &Request) -> usize {
+    let stop = |o: &Options| o.stop.iter().map(String::len).sum::<usize>();
+    match r {
+        Request::Chat { messages, options } => {
+            messages.iter().map(|m| m.content.len()).sum::<usize>() + stop(options)
+        }
+        Request::Generate { prompt, options } => prompt.len() + stop(options),
+        Request::Embed { inputs } => inputs.iter().map(String::len).sum(),
+    }
+}
+
 fn check_request(r: &Request) -> Result<(), WitError> {
+    let bytes = input_bytes(r);
+    if bytes > MAX_INPUT_BYTES {
+        return Err(WitError::Invalid(format!(
+            "{} input is {bytes} bytes; at most {MAX_INPUT_BYTES} bytes per call",
+            r.kind()
+        )));
+    }
     match r {
         Request::Chat { messages, options } => {
             if messages.is_empty() {
@@ -224,5 +247,53 @@ impl llm::Host for LlmView<'_> {
         };
         self.turn.host_time += started.elapsed();
         Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::agent::host::llm::Role;
+
+    fn options(stop: Vec<String>) -> Options {
+        Options {
+            temperature: None,
+            max_tokens: None,
+            top_p: None,
+            stop,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn a_call_carrying_more_text_than_the_bound_is_invalid_before_it_is_sent() {
+        let half = "x".repeat(MAX_INPUT_BYTES / 2);
+        let message = |content: &str| ChatMessage {
+            role: Role::User,
+            content: content.to_string(),
+        };
+        let fits = Request::Chat {
+            messages: vec![message(&half), message(&half)],
+            options: options(vec![]),
+        };
+        assert!(check_request(&fits).is_ok());
+        let over = Request::Chat {
+            messages: vec![message(&half), message(&half)],
+            options: options(vec!["s".into()]),
+        };
+        match check_request(&over) {
+            Err(WitError::Invalid(why)) => assert_eq!(
+                why,
+                format!(
+                    "chat input is {} bytes; at most {MAX_INPUT_BYTES} bytes per call",
+                    MAX_INPUT_BYTES + 1
+                )
+            ),
+            other => panic!("expected invalid, got {other:?}"),
+        }
+        let embed = Request::Embed {
+            inputs: vec![half.clone(), half.clone(), half],
+        };
+        assert!(matches!(check_request(&embed), Err(WitError::Invalid(_))));
     }
 }

@@ -82,10 +82,18 @@ impl MessagingCtx {
         ))
     }
 
-    fn check_size(&self, payload: &[u8]) -> Result<(), WitError> {
-        if payload.len() > self.max_message_bytes {
+    /// Bounds what one message carries, headers included: the bytes the host copied out
+    /// of the agent for it are forwarded to the bus only when they fit.
+    fn check_size(&self, headers: &[Header], payload: &[u8]) -> Result<(), WitError> {
+        let header_bytes: usize = headers.iter().map(|h| h.key.len() + h.value.len()).sum();
+        if payload.len().saturating_add(header_bytes) > self.max_message_bytes {
+            let headers = if header_bytes > 0 {
+                format!(" and its headers {header_bytes} bytes")
+            } else {
+                String::new()
+            };
             return Err(WitError::Invalid(format!(
-                "payload is {} bytes; at most {} allowed ([limits] max_message_bytes)",
+                "payload is {} bytes{headers}; at most {} allowed ([limits] max_message_bytes)",
                 payload.len(),
                 self.max_message_bytes
             )));
@@ -186,7 +194,7 @@ impl MessagingCtx {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<Message, WitError> {
-        self.check_size(&payload)?;
+        self.check_size(&headers, &payload)?;
         let msg = self.outgoing(subject.clone(), headers, payload);
         match self.bus.request(msg, timeout).await {
             Ok(reply) => Ok(to_wit_message(reply, None)),
@@ -280,7 +288,7 @@ impl messaging::Host for MessagingView<'_> {
         let ctx = self.ctx;
         if let Err(e) = ctx
             .check_publish(&subject, self.turn)
-            .and_then(|_| ctx.check_size(&payload))
+            .and_then(|_| ctx.check_size(&headers, &payload))
             .and_then(|_| ctx.charge(&subject, self.turn))
         {
             return Ok(Err(e));
@@ -298,7 +306,7 @@ impl messaging::Host for MessagingView<'_> {
         let ctx = self.ctx;
         let subject = match ctx
             .command_subject(&to, &command)
-            .and_then(|s| ctx.check_size(&payload).map(|_| s))
+            .and_then(|s| ctx.check_size(&headers, &payload).map(|_| s))
             .and_then(|s| ctx.publish_rate.take().map(|_| s))
         {
             Ok(s) => s,

@@ -149,6 +149,9 @@ pub struct DefaultLimits {
     /// Messages an agent may originate per second when its manifest sets no
     /// `[limits] publish_per_second` (replies to the message it handles are free).
     pub publish_per_second: u32,
+    /// Core instances, tables, memories and table elements for agents whose manifest sets
+    /// none; never more than the engine's pool allows per component.
+    pub counts: crate::agent::limits::InstanceCounts,
 }
 
 /// The message bus backend.
@@ -236,6 +239,7 @@ impl Default for DefaultLimits {
             host_call_timeout_ms: 30_000,
             files_max_bytes: 64 << 20,
             publish_per_second: 1000,
+            counts: crate::agent::limits::InstanceCounts::default(),
         }
     }
 }

@@ -175,6 +175,10 @@ fn defaults(root: &Section, engine: &EngineSection) -> Result<DefaultLimits, Fie
             "host_call_timeout_ms",
             "files_max_bytes",
             "publish_per_second",
+            "table_elements",
+            "instances",
+            "tables",
+            "memories",
         ],
     )?;
     let d = DefaultLimits::default();
@@ -218,7 +222,33 @@ fn defaults(root: &Section, engine: &EngineSection) -> Result<DefaultLimits, Fie
                 "agents without their own limit could send nothing but replies",
             )?
             .unwrap_or(d.publish_per_second),
+        counts: counts(&s, d.counts)?,
     })
+}
+
+/// `[defaults] table_elements`, `instances`, `tables`, `memories`: at most the pool's.
+fn counts(
+    s: &Section,
+    d: crate::agent::limits::InstanceCounts,
+) -> Result<crate::agent::limits::InstanceCounts, FieldError> {
+    let no_zero = "no component could be instantiated";
+    let counts = crate::agent::limits::InstanceCounts {
+        table_elements: s
+            .positive("table_elements", "20000", no_zero)?
+            .unwrap_or(d.table_elements),
+        instances: s
+            .positive("instances", "20", no_zero)?
+            .unwrap_or(d.instances),
+        tables: s.positive("tables", "4", no_zero)?.unwrap_or(d.tables),
+        memories: s.positive("memories", "2", no_zero)?.unwrap_or(d.memories),
+    };
+    match counts.over_pool() {
+        None => Ok(counts),
+        Some((field, value, max)) => Err(s.error(
+            field,
+            format!("{value} is more than the engine's pool allows per component ({max}); expected at most {max}"),
+        )),
+    }
 }
 
 /// Checks a JetStream stream name: NATS refuses whitespace, `.`, `*`, `>` and path separators.

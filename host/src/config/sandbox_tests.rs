@@ -48,3 +48,29 @@ fn agents_send_at_most_1000_messages_a_second_unless_the_node_says_otherwise() {
     );
     assert!(shown.contains("negative"), "{shown}");
 }
+
+#[test]
+fn instance_and_table_counts_default_to_the_pool_and_may_not_exceed_it() {
+    use crate::agent::limits::InstanceCounts;
+    assert_eq!(
+        parse("").unwrap().defaults.counts,
+        InstanceCounts::default()
+    );
+    let c = parse("[defaults]\ninstances = 12\ntable_elements = 1000\n").unwrap();
+    assert_eq!(
+        (
+            c.defaults.counts.instances,
+            c.defaults.counts.table_elements
+        ),
+        (12, 1000)
+    );
+    let shown = refused("[defaults]\ntables = 99\n", "defaults.tables");
+    assert!(
+        shown.contains(
+            "99 is more than the engine's pool allows per component (4); expected at most 4"
+        ),
+        "{shown}"
+    );
+    let shown = refused("[defaults]\nmemories = 0\n", "defaults.memories");
+    assert!(shown.contains("0 is not allowed"), "{shown}");
+}

@@ -183,6 +183,15 @@ fn storage_and_limits(m: &Manifest, out: &mut String) {
             .map(|n| n.to_string())
             .unwrap_or_else(node_default)
     );
+    let count = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_else(node_default);
+    let _ = writeln!(
+        out,
+        "  core instances {}, tables {}, memories {}, table elements {}",
+        count(l.instances),
+        count(l.tables),
+        count(l.memories),
+        count(l.table_elements)
+    );
 }
 
 fn files(m: &Manifest, out: &mut String) {

@@ -151,6 +151,12 @@ pub struct Limits {
     pub max_message_bytes: Option<u64>,
     /// Messages the agent may originate per second (see `capabilities::rate`).
     pub publish_per_second: Option<u32>,
+    /// Elements a table may grow to; core instances, tables and memories the component may
+    /// create (see `agent::limits::InstanceCounts`).
+    pub table_elements: Option<u32>,
+    pub instances: Option<u32>,
+    pub tables: Option<u32>,
+    pub memories: Option<u32>,
 }
 
 /// A manifest that cannot be used: which file, which field, what is wrong and expected.

@@ -233,6 +233,10 @@ fn limits(root: &Section) -> Result<Limits, FieldError> {
             "cpu_ms_per_message",
             "max_message_bytes",
             "publish_per_second",
+            "table_elements",
+            "instances",
+            "tables",
+            "memories",
         ],
     )?;
     let no_zero = "the agent could not run; leave the field out for the node default";
@@ -245,6 +249,10 @@ fn limits(root: &Section) -> Result<Limits, FieldError> {
             "100",
             "the agent could send nothing but replies; leave the field out for the node default",
         )?,
+        table_elements: s.positive("table_elements", "20000", no_zero)?,
+        instances: s.positive("instances", "20", no_zero)?,
+        tables: s.positive("tables", "4", no_zero)?,
+        memories: s.positive("memories", "2", no_zero)?,
     })
 }
 

@@ -83,3 +83,26 @@ fn the_publish_rate_is_a_positive_number_of_messages_per_second() {
     );
     assert!(shown.contains("5000000000"), "{shown}");
 }
+
+#[test]
+fn instance_and_table_counts_are_positive_whole_numbers() {
+    let m = parse("[limits]\ntable_elements = 5000\ninstances = 10\ntables = 2\nmemories = 1\n")
+        .unwrap();
+    let l = m.limits;
+    assert_eq!(
+        (l.table_elements, l.instances, l.tables, l.memories),
+        (Some(5000), Some(10), Some(2), Some(1))
+    );
+    for field in ["table_elements", "instances", "tables", "memories"] {
+        let shown = refused(
+            &format!("[limits]\n{field} = 0\n"),
+            &format!("limits.{field}"),
+        );
+        assert!(shown.contains("0 is not allowed"), "{shown}");
+        let shown = refused(
+            &format!("[limits]\n{field} = \"many\"\n"),
+            &format!("limits.{field}"),
+        );
+        assert!(shown.contains("expected a whole number like"), "{shown}");
+    }
+}

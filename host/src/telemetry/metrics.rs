@@ -21,7 +21,8 @@ pub struct AgentLabels {
     pub cluster: String,
 }
 
-/// An agent and the limit it ran into (`cpu`, `memory`, `stack`, `host_call`, `files`, `publish_rate`).
+/// An agent and the limit it ran into (`cpu`, `memory`, `stack`, `host_call`, `files`, `publish_rate`,
+/// `table`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub agent: String,
@@ -132,16 +133,19 @@ pub struct LimitHits {
     pub files: Counter,
     /// Messages refused at `[limits] publish_per_second`.
     pub publish_rate: Counter,
+    /// Table growths refused at `[limits] table_elements`.
+    pub table: Counter,
 }
 
 impl LimitHits {
-    const KINDS: [&'static str; 6] = [
+    const KINDS: [&'static str; 7] = [
         "cpu",
         "memory",
         "stack",
         "host_call",
         "files",
         "publish_rate",
+        "table",
     ];
 
     /// The counts so far, as `host status` shows them.
@@ -153,6 +157,7 @@ impl LimitHits {
             host_call: self.host_call.get(),
             files: self.files.get(),
             publish_rate: self.publish_rate.get(),
+            table: self.table.get(),
         }
     }
 }
@@ -215,7 +220,7 @@ impl Metrics {
         );
         registry.register(
             "limit_hits",
-            "Times an agent ran into a limit (cpu, memory, stack, host_call, files, publish_rate)",
+            "Times an agent ran into a limit (cpu, memory, stack, host_call, files, publish_rate, table)",
             m.limit_hits.clone(),
         );
         registry.register(
@@ -270,6 +275,7 @@ impl Metrics {
                 host_call: self.limit_hit(&labels, "host_call"),
                 files: self.limit_hit(&labels, "files"),
                 publish_rate: self.limit_hit(&labels, "publish_rate"),
+                table: self.limit_hit(&labels, "table"),
             },
             canary_percent: self.canary_percent.get_or_create(&labels).clone(),
             upgrade_events: self.upgrade_events.clone(),

@@ -12,6 +12,7 @@
 //! - `trap`: panics.
 //! - `flood N SUBJECT`: publishes N messages to SUBJECT as fast as it can.
 //! - `big N SUBJECT`: publishes one message of N bytes.
+//! - `big-header N SUBJECT`: publishes a short message with one header of N bytes.
 //! - `hoard`: writes 64 KiB values to its KV namespace until the host refuses.
 //! - `forbidden SUBJECT`: publishes where its manifest grants nothing.
 //! - `spoof SUBJECT AGENT-REF`: publishes with a forged `Agent-Ref` sender header.
@@ -65,6 +66,7 @@ impl Agent for Hostile {
             "trap" => panic!("hostile was told to trap"),
             "flood" => flood(&args),
             "big" => big(&args),
+            "big-header" => big_header(&args),
             "hoard" => hoard(),
             "forbidden" => forbidden(args.first().copied().unwrap_or("agent.secret.stuff")),
             "spoof" => spoof(&args),
@@ -153,6 +155,19 @@ fn big(args: &[&str]) -> String {
     match messaging::publish(subject, vec![b'x'; n]) {
         Ok(()) => format!("big: published {n} bytes"),
         Err(e) => format!("big: refused: {}", e.message()),
+    }
+}
+
+fn big_header(args: &[&str]) -> String {
+    let n: usize = args.first().and_then(|n| n.parse().ok()).unwrap_or(1 << 20);
+    let subject = args.get(1).copied().unwrap_or("hostile.big");
+    let headers = [Header {
+        key: "X-Big".to_string(),
+        value: "h".repeat(n),
+    }];
+    match messaging::publish_with_headers(subject, &headers, "small") {
+        Ok(()) => format!("big-header: published a {n}-byte header"),
+        Err(e) => format!("big-header: refused: {}", e.message()),
     }
 }
 
