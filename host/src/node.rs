@@ -73,6 +73,18 @@ impl Node {
     /// cluster); otherwise the embedded defaults (in-process bus, file KV store).
     /// Agents listed in the config are loaded by [`Node::load_configured_agents`].
     pub async fn start(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
+        Self::start_wrapping(config, |bus, store| (bus, store)).await
+    }
+
+    /// Like [`Node::start`], with the bus and KV backend passed through `wrap` first (fault
+    /// injection in tests: a decorator that hangs or fails some calls of the real backend).
+    pub async fn start_wrapping(
+        config: NodeConfig,
+        wrap: impl FnOnce(
+            Arc<dyn Transport>,
+            Arc<dyn KvBackend>,
+        ) -> (Arc<dyn Transport>, Arc<dyn KvBackend>),
+    ) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&config.node.data_dir).map_err(|e| {
             anyhow::anyhow!("cannot create the data dir {}: {e}; set [node] data_dir or --data-dir to a writable folder", config.node.data_dir.display())
         })?;
@@ -120,6 +132,7 @@ impl Node {
                 )?),
             ),
         };
+        let (bus, store) = wrap(bus, store);
         let metrics = Arc::new(Metrics::new());
         let llm = crate::llm::LlmService::new(
             &config.llm,
@@ -387,6 +400,8 @@ impl Node {
                     max_keys: manifest.kv.max_keys,
                 },
                 backend: self.store.clone(),
+                timeout: Duration::from_millis(d.host_call_timeout_ms),
+                agent: Arc::from(identity.name.as_str()),
             },
             llm: LlmCtx::new(
                 identity.clone(),

@@ -2,9 +2,13 @@
 //!
 //! Grant: `[kv] max_bytes` / `max_keys` (quota). The namespace is the agent's id and is
 //! never part of what the agent passes, so no agent can reach another's keys.
+//!
+//! Every backend call is bounded by `[defaults] host_call_timeout_ms`: a backend that hangs
+//! (a stalled disk, a NATS server that stopped answering) gives the agent `timeout`, which
+//! it can handle, instead of holding the instance until the host-call watch abandons it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasData, Linker};
 
@@ -21,6 +25,10 @@ pub struct KvCtx {
     pub namespace: String,
     pub quota: Quota,
     pub backend: Arc<dyn KvBackend>,
+    /// Longest one backend call may take before the agent gets `timeout`.
+    pub timeout: Duration,
+    /// The agent's name, for the log line of a timed-out call.
+    pub agent: Arc<str>,
 }
 
 impl KvCtx {
@@ -61,13 +69,24 @@ pub fn add_to_linker(linker: &mut Linker<AgentStore>) -> wasmtime::Result<()> {
 }
 
 impl KvView<'_> {
-    /// Runs a backend call, counting its time as host time (not the agent's CPU budget).
+    /// Runs a backend call, counting its time as host time (not the agent's CPU budget),
+    /// and answering `timeout` when the backend does not answer within the bound.
     async fn timed<T>(
         &mut self,
         f: impl std::future::Future<Output = Result<T, KvError>>,
     ) -> Result<T, WitError> {
         let started = Instant::now();
-        let r = f.await.map_err(wit_error);
+        let r = match tokio::time::timeout(self.ctx.timeout, f).await {
+            Ok(r) => r.map_err(wit_error),
+            Err(_) => {
+                tracing::warn!(
+                    agent = %self.ctx.agent,
+                    "KV call timed out after {} ms ([defaults] host_call_timeout_ms); the agent gets `timeout`",
+                    self.ctx.timeout.as_millis()
+                );
+                Err(WitError::Timeout)
+            }
+        };
         self.turn.host_time += started.elapsed();
         r
     }

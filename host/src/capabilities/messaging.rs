@@ -181,10 +181,20 @@ impl MessagingCtx {
     ) -> Result<(), WitError> {
         let msg = self.outgoing(subject, headers, payload);
         let subject = msg.subject.clone();
-        self.bus
-            .publish(msg)
-            .await
-            .map_err(|e| bus_error(e, &subject))
+        match tokio::time::timeout(self.max_timeout, self.bus.publish(msg)).await {
+            Ok(r) => r.map_err(|e| bus_error(e, &subject)),
+            Err(_) => Err(self.timed_out("publish", &subject)),
+        }
+    }
+
+    /// A bus call that did not return within its bound: logged; the agent gets `timeout`.
+    fn timed_out(&self, what: &str, subject: &str) -> WitError {
+        tracing::warn!(
+            agent = %self.identity.name,
+            "{what} to '{subject}' timed out after {} ms ([defaults] host_call_timeout_ms); the agent gets `timeout`",
+            self.max_timeout.as_millis()
+        );
+        WitError::Timeout
     }
 
     async fn request_one(
@@ -196,9 +206,11 @@ impl MessagingCtx {
     ) -> Result<Message, WitError> {
         self.check_size(&headers, &payload)?;
         let msg = self.outgoing(subject.clone(), headers, payload);
-        match self.bus.request(msg, timeout).await {
-            Ok(reply) => Ok(to_wit_message(reply, None)),
-            Err(e) => Err(bus_error(e, &subject)),
+        // The transport times requests out itself; the outer bound holds if it hangs.
+        match tokio::time::timeout(timeout, self.bus.request(msg, timeout)).await {
+            Ok(Ok(reply)) => Ok(to_wit_message(reply, None)),
+            Ok(Err(e)) => Err(bus_error(e, &subject)),
+            Err(_) => Err(WitError::Timeout),
         }
     }
 
