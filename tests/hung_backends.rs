@@ -63,7 +63,9 @@ impl KvBackend for HangingKv {
         if key.starts_with("hang") {
             return hang().await;
         }
-        self.0.compare_and_swap(ns, key, expected, value, quota).await
+        self.0
+            .compare_and_swap(ns, key, expected, value, quota)
+            .await
     }
     async fn usage(&self, ns: &str) -> Result<Usage, KvError> {
         self.0.usage(ns).await
@@ -149,7 +151,15 @@ async fn a_hung_kv_store_or_bus_gives_the_agent_timeout_and_its_instance_lives_o
     assert_eq!(ask("kv-set ok v").await, "1");
     assert_eq!(ask("kv-get ok").await, "v");
     let s = t.node.status("probe").await.unwrap();
-    assert_eq!((s.traps, s.restarts, s.limit_hits.host_call), (0, 0, 0), "{s:?}");
-    assert_eq!(ask("seen").await, "9", "one instance handled all nine messages");
+    assert_eq!(
+        (s.traps, s.restarts, s.limit_hits.host_call),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(
+        ask("seen").await,
+        "9",
+        "one instance handled all nine messages"
+    );
     t.stop().await;
 }

@@ -209,9 +209,9 @@ pub async fn instantiate(
     store.limiter(|s| &mut s.limits);
     store.call_hook(call_hook);
     store.epoch_deadline_callback(|ctx| {
-        let turn = &ctx.data().turn;
-        if turn.cpu_used() > turn.cpu_budget {
-            let budget_ms = turn.cpu_budget.as_millis() as u64;
+        let data = ctx.data();
+        if data.cpu_used() > data.turn.cpu_budget {
+            let budget_ms = data.turn.cpu_budget.as_millis() as u64;
             return Err(CpuBudgetExceeded { budget_ms }.into());
         }
         // Let other agents run on this worker thread, then keep going. `yield_now` puts the

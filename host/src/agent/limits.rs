@@ -4,9 +4,12 @@
 //!   reaches the agent as a failed `memory.grow` (its allocator reports out-of-memory), not
 //!   as a host error; it is logged and counted.
 //! - CPU per call: the epoch deadline callback (see `instance.rs`) traps a call whose guest
-//!   time passes the budget. Guest time is wall time minus time spent in host calls, which
-//!   [`call_hook`] measures for every host call, WASI's included, so a guest waiting on the
-//!   host (a request, an LLM call, a sleep) is not charged for the wait.
+//!   time passes the budget. Guest time is the smaller of two upper bounds: wall time minus
+//!   time spent in host calls, which [`call_hook`] measures for every host call, WASI's and
+//!   the epoch yield included (a guest waiting on the host — a request, an LLM call, a
+//!   sleep — or for its next turn is not charged for the wait), and the time the call ran
+//!   ([`HostCallWatch::running_time`]: thread CPU time once a call outlasts one epoch tick,
+//!   so a machine whose cores are taken by other work does not make a healthy agent trap).
 //! - Tables and instances: [`InstanceCounts`] bounds the core instances, tables and
 //!   memories one instance may create and how far a table may grow; a component needing
 //!   more is refused at load with the field to raise, a refused `table.grow` fails inside
@@ -16,7 +19,7 @@
 //!   than the node's host-call limit; the instance is then treated as trapped.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -261,6 +264,15 @@ pub fn call_hook(mut ctx: StoreContextMut<'_, AgentStore>, hook: CallHook) -> wa
     Ok(())
 }
 
+/// CPU time the calling thread has used, in nanoseconds.
+fn thread_cpu_nanos() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
+}
+
 /// The trap raised when a guest stays inside one host call longer than the node allows.
 #[derive(Debug, thiserror::Error)]
 #[error("blocked in one host call for more than {:.1} s (the node's bound on a host call: [defaults] host_call_timeout_ms, or [llm] timeout_ms if longer, plus a margin)", .limit.as_secs_f64())]
@@ -274,11 +286,27 @@ pub struct HostCallWatch {
     /// Nanoseconds since [`origin`] when the current host call began; 0 when in none.
     entered: AtomicU64,
     limit: Duration,
+    /// Nanoseconds the current export call has run, polls finished so far (see
+    /// [`Self::running_time`]).
+    polled: AtomicU64,
+    /// Nanoseconds since [`origin`] when the poll in progress began; 0 when none is.
+    poll_began: AtomicU64,
+    /// Whether the current call is measured in thread CPU time (from its first check on).
+    precise: AtomicBool,
+    /// The thread's CPU clock, in nanoseconds, when the poll in progress began (precise).
+    poll_cpu_began: AtomicU64,
 }
 
 fn origin() -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     *ORIGIN.get_or_init(Instant::now)
+}
+
+/// `at` as nanoseconds since [`origin`], never 0 (0 means "none" in the watch's fields).
+fn since_origin(at: Instant) -> u64 {
+    u64::try_from(at.duration_since(origin()).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl HostCallWatch {
@@ -288,12 +316,15 @@ impl HostCallWatch {
         Arc::new(HostCallWatch {
             entered: AtomicU64::new(0),
             limit,
+            polled: AtomicU64::new(0),
+            poll_began: AtomicU64::new(0),
+            precise: AtomicBool::new(false),
+            poll_cpu_began: AtomicU64::new(0),
         })
     }
 
     fn enter(&self, at: Instant) {
-        let nanos = u64::try_from(at.duration_since(origin()).as_nanos()).unwrap_or(u64::MAX);
-        self.entered.store(nanos.max(1), Ordering::Relaxed);
+        self.entered.store(since_origin(at), Ordering::Relaxed);
     }
 
     fn leave(&self) {
@@ -317,12 +348,66 @@ impl HostCallWatch {
         &self,
         call: impl Future<Output = wasmtime::Result<T>>,
     ) -> wasmtime::Result<T> {
+        self.polled.store(0, Ordering::Relaxed);
+        self.precise.store(false, Ordering::Relaxed);
+        let call = self.timing_polls(call);
         // A call that finishes without waiting never starts the timer.
         tokio::select! {
             biased;
             result = call => result,
             () = self.blocked_too_long() => Err(HostCallTooLong { limit: self.limit }.into()),
         }
+    }
+
+    /// How long the current export call has been running, for its CPU budget; call it only
+    /// from inside the call (the epoch callback). Until the first check, the wall time of
+    /// its polls: the wait for a turn after the epoch yield, long on a busy node, is not in
+    /// it. From the first check on, the thread's CPU time during its polls, which a machine
+    /// whose cores are taken by other work does not inflate either. Most calls end before
+    /// the first check and never read the thread clock (a system call).
+    pub fn running_time(&self) -> Duration {
+        let finished = self.polled.load(Ordering::Relaxed);
+        let current = if self.precise.load(Ordering::Relaxed) {
+            thread_cpu_nanos().saturating_sub(self.poll_cpu_began.load(Ordering::Relaxed))
+        } else {
+            // Charge the wall time of this poll so far and measure the rest in CPU time.
+            let wall = match self.poll_began.load(Ordering::Relaxed) {
+                0 => 0,
+                began => since_origin(Instant::now()).saturating_sub(began),
+            };
+            self.polled.fetch_add(wall, Ordering::Relaxed);
+            self.poll_cpu_began
+                .store(thread_cpu_nanos(), Ordering::Relaxed);
+            self.precise.store(true, Ordering::Relaxed);
+            wall
+        };
+        Duration::from_nanos(finished.saturating_add(current))
+    }
+
+    /// Runs `call`, adding the time of each of its polls to [`Self::running_time`].
+    async fn timing_polls<T>(&self, call: impl Future<Output = T>) -> T {
+        let mut call = std::pin::pin!(call);
+        std::future::poll_fn(|cx| {
+            let began = Instant::now();
+            if self.precise.load(Ordering::Relaxed) {
+                self.poll_cpu_began
+                    .store(thread_cpu_nanos(), Ordering::Relaxed);
+            } else {
+                self.poll_began
+                    .store(since_origin(began), Ordering::Relaxed);
+            }
+            let result = call.as_mut().poll(cx);
+            // The call may have switched to CPU time during this poll.
+            let took = if self.precise.load(Ordering::Relaxed) {
+                thread_cpu_nanos().saturating_sub(self.poll_cpu_began.load(Ordering::Relaxed))
+            } else {
+                u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX)
+            };
+            self.poll_began.store(0, Ordering::Relaxed);
+            self.polled.fetch_add(took, Ordering::Relaxed);
+            result
+        })
+        .await
     }
 
     async fn blocked_too_long(&self) {

@@ -135,9 +135,10 @@ impl Turn {
         }
     }
 
-    /// Guest time used so far in this call. The hook's measure covers the capability
-    /// modules' own (it times every host call), so the larger of the two is the host time.
-    pub fn cpu_used(&self) -> Duration {
+    /// Wall time of this call so far minus its host time. The hook's measure covers the
+    /// capability modules' own (it times every host call), so the larger of the two is the
+    /// host time. An upper bound of the guest's CPU; see [`AgentStore::cpu_used`].
+    pub fn wall_minus_host(&self) -> Duration {
         self.started
             .elapsed()
             .saturating_sub(self.host_time.max(self.clock.spent))
@@ -149,10 +150,22 @@ pub struct AgentStore {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: limits::Limiter,
-    /// Since when the instance is inside a host call, for the host-call time bound.
+    /// Since when the instance is inside a host call, for the host-call time bound, and how
+    /// long the current call has been polled, for the CPU budget.
     watch: Arc<limits::HostCallWatch>,
     pub(crate) caps: Arc<AgentCaps>,
     pub(crate) turn: Turn,
+}
+
+impl AgentStore {
+    /// The guest CPU time charged to the current call against `[limits] cpu_ms_per_message`:
+    /// the smaller of two upper bounds, wall time minus host time and the time the call ran
+    /// (thread CPU time from its first epoch check on). Neither the waits on the host nor
+    /// the waits for a turn on a busy node or machine are charged; what the host does
+    /// synchronously inside the call may be.
+    pub fn cpu_used(&self) -> Duration {
+        self.turn.wall_minus_host().min(self.watch.running_time())
+    }
 }
 
 impl WasiView for AgentStore {

@@ -5,6 +5,8 @@
 //! Commands (payload text):
 //! - `ping`: replies `pong` (tests use it to know the earlier messages were handled).
 //! - `spin`: loops forever; the CPU budget per message must stop it.
+//! - `work N`: N rounds of honest CPU work (a hash chain), then replies; not an attack — it
+//!   shows a healthy agent is charged its CPU, not the time it waits for its turn.
 //! - `alloc`: grows its memory 1 MiB at a time with fallible allocation until growth is
 //!   refused, then replies how far it got. `alloc abort`: the same with infallible
 //!   allocation, so the refusal aborts the instance (a trap).
@@ -60,6 +62,7 @@ impl Agent for Hostile {
         let outcome = match verb {
             "ping" => "pong".to_string(),
             "spin" => spin(),
+            "work" => work(rest.trim().parse().unwrap_or(1_000_000)),
             "alloc" if rest.trim() == "abort" => alloc_abort(),
             "alloc" => alloc(),
             "overflow" => format!("overflow: returned {}", recurse(0, &mut [0; 64])),
@@ -90,6 +93,16 @@ fn spin() -> String {
     loop {
         x = std::hint::black_box(x.wrapping_add(1));
     }
+}
+
+/// Honest work: `rounds` steps of a hash chain, the same CPU wherever and whenever it runs
+/// (wall time is not: a busy node makes it wait between its turns).
+fn work(rounds: u64) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..rounds {
+        x = std::hint::black_box((x ^ i).wrapping_mul(0xbf58_476d_1ce4_e5b9).rotate_left(31));
+    }
+    format!("work: {x:x}")
 }
 
 /// Grows memory until the host refuses; the refusal must come back as a failed allocation.
