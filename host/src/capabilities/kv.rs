@@ -76,9 +76,9 @@ impl KvView<'_> {
         f: impl std::future::Future<Output = Result<T, KvError>>,
     ) -> Result<T, WitError> {
         let started = Instant::now();
-        let r = match tokio::time::timeout(self.ctx.timeout, f).await {
-            Ok(r) => r.map_err(wit_error),
-            Err(_) => {
+        let r = match super::within(self.ctx.timeout, f).await {
+            Some(r) => r.map_err(wit_error),
+            None => {
                 tracing::warn!(
                     agent = %self.ctx.agent,
                     "KV call timed out after {} ms ([defaults] host_call_timeout_ms); the agent gets `timeout`",

@@ -181,9 +181,9 @@ impl MessagingCtx {
     ) -> Result<(), WitError> {
         let msg = self.outgoing(subject, headers, payload);
         let subject = msg.subject.clone();
-        match tokio::time::timeout(self.max_timeout, self.bus.publish(msg)).await {
-            Ok(r) => r.map_err(|e| bus_error(e, &subject)),
-            Err(_) => Err(self.timed_out("publish", &subject)),
+        match super::within(self.max_timeout, self.bus.publish(msg)).await {
+            Some(r) => r.map_err(|e| bus_error(e, &subject)),
+            None => Err(self.timed_out("publish", &subject)),
         }
     }
 
