@@ -289,3 +289,94 @@ async fn concurrent_requests_to_a_durable_agent_each_get_their_own_reply() {
     assert_eq!(t.node.status("echo").await.unwrap().handled, 100);
     t.stop().await;
 }
+
+/// In a cluster a request's stream copy can reach the node before its core copy (the stream
+/// leader is another server). Simulated on one server: the message is first stored through
+/// JetStream with a `Nats-Msg-Id`, then the same message is requested by a plain client (its
+/// own stream copy is dropped as a duplicate). With `[nats] request_pairing_wait_ms` the
+/// stream copy waits for its request and the requester gets its reply; with 0, the default
+/// and right on one server, the stream copy is handled at once and the reply goes nowhere.
+/// Either way the agent handles the message once.
+#[tokio::test]
+async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_wait() {
+    let Some(server) = NatsServer::start("nats durable pairing wait") else {
+        return;
+    };
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let cases = [
+        (
+            "echo-waits",
+            "01936f11-4ea2-7000-8000-0000000000d1",
+            3000,
+            true,
+        ),
+        (
+            "echo-at-once",
+            "01936f11-4ea2-7000-8000-0000000000d2",
+            0,
+            false,
+        ),
+    ];
+    for (name, id, wait_ms, answered) in cases {
+        let t = durable_node(&server, |c| c.nats.request_pairing_wait_ms = wait_ms).await;
+        t.load("echo", name, &durable_manifest(name, id, "")).await;
+        let subject = format!("agent.to.{name}.x");
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("pairing-{name}").as_str());
+
+        // A plain publish: the stream stores it (it covers `agent.>`, with `no_ack`), and the
+        // node's request recorder sees a copy without a reply subject, which claims nothing.
+        client
+            .publish_with_headers(subject.clone(), headers.clone(), "first".into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        // Its stream copy reaches the node well before the request below, which the stream
+        // drops as a duplicate of that `Nats-Msg-Id`.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reply = client
+            .send_request(
+                subject,
+                async_nats::Request::new()
+                    .headers(headers)
+                    .payload("first".into())
+                    .timeout(Some(Duration::from_secs(2))),
+            )
+            .await;
+        match (answered, reply) {
+            (true, Ok(reply)) => assert_eq!(&reply.payload[..], b"first", "{name}"),
+            (false, Err(e)) => assert_eq!(
+                e.kind(),
+                async_nats::RequestErrorKind::TimedOut,
+                "{name}: {e}"
+            ),
+            (true, Err(e)) => panic!("{name}: the request was not answered: {e}"),
+            (false, Ok(_)) => {
+                panic!("{name}: answered without a wait; this test no longer shows the race")
+            }
+        }
+        handled_at_least(&t, name, 1).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            t.node.status(name).await.unwrap().handled,
+            1,
+            "{name}: handled once"
+        );
+        // Plain publishes wait for a request that never comes, but a burst waits once, not
+        // once per message (100 × 3 s would be five minutes).
+        let started = std::time::Instant::now();
+        for i in 0..100 {
+            client
+                .publish(format!("agent.to.{name}.x"), format!("plain {i}").into())
+                .await
+                .unwrap();
+        }
+        handled_at_least(&t, name, 101).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(wait_ms) + Duration::from_secs(10),
+            "{name}: a burst of 100 plain publishes took {:?}",
+            started.elapsed()
+        );
+        t.stop().await;
+    }
+}

@@ -186,6 +186,12 @@ pub struct NatsSection {
     /// Messages the NATS client buffers per subscription (an agent inbox, a durable agent's
     /// request recorder) before it drops new ones, counted and logged as a slow consumer.
     pub subscription_capacity: u32,
+    /// Durable delivery in a cluster: how long a stream copy that no core request claimed
+    /// waits for one before it is handled without a reply subject. In a cluster a request's
+    /// stream copy can overtake its core copy; without a wait its requester times out. 0
+    /// (the default, right on one server) adds no delay; a wait delays plain publishes to
+    /// durable agents by up to this much, never requests that arrive in order.
+    pub request_pairing_wait_ms: u64,
 }
 
 /// One agent to load at start.
@@ -259,6 +265,7 @@ impl Default for NatsSection {
             max_ack_pending: 64,
             stream_max_age_secs: 7 * 24 * 3600,
             subscription_capacity: 65_536,
+            request_pairing_wait_ms: 0,
         }
     }
 }

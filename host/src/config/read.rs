@@ -283,6 +283,7 @@ fn nats(root: &Section) -> Result<NatsSection, FieldError> {
             "max_ack_pending",
             "stream_max_age_secs",
             "subscription_capacity",
+            "request_pairing_wait_ms",
         ],
     )?;
     let d = NatsSection::default();
@@ -357,6 +358,9 @@ fn nats(root: &Section) -> Result<NatsSection, FieldError> {
                 "every message would be dropped",
             )?
             .unwrap_or(d.subscription_capacity),
+        request_pairing_wait_ms: s
+            .uint("request_pairing_wait_ms", "20")?
+            .unwrap_or(d.request_pairing_wait_ms),
     })
 }
 

@@ -92,6 +92,7 @@ fn no_file_means_the_documented_defaults() {
             max_ack_pending: 64,
             stream_max_age_secs: 604_800,
             subscription_capacity: 65_536,
+            request_pairing_wait_ms: 0,
         }
     );
     assert!(c.agents.is_empty());
@@ -146,6 +147,7 @@ retry_backoff_ms = 250
 duplicate_window_secs = 300
 max_ack_pending = 8
 stream_max_age_secs = 3600
+request_pairing_wait_ms = 20
 [[agents]]
 manifest = "agents/echo.toml"
 [[agents]]
@@ -199,6 +201,7 @@ manifest = "/etc/agents/sage.toml"
         ),
         (300, 8, 3600)
     );
+    assert_eq!(c.nats.request_pairing_wait_ms, 20);
     let manifests: Vec<_> = c.agents.iter().map(|a| a.manifest.clone()).collect();
     assert_eq!(
         manifests,

@@ -19,6 +19,7 @@
 mod deliver;
 mod replies;
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +60,9 @@ pub struct DurableSettings {
     pub duplicate_window: Duration,
     pub max_ack_pending: u32,
     pub max_age: Duration,
+    /// How long an unclaimed stream copy waits for its core request (`[nats]
+    /// request_pairing_wait_ms`).
+    pub pairing_wait: Duration,
 }
 
 impl DurableSettings {
@@ -71,6 +75,7 @@ impl DurableSettings {
             duplicate_window: Duration::from_secs(nats.duplicate_window_secs),
             max_ack_pending: nats.max_ack_pending.max(1),
             max_age: Duration::from_secs(nats.stream_max_age_secs),
+            pairing_wait: Duration::from_millis(nats.request_pairing_wait_ms),
         }
     }
 
@@ -324,7 +329,14 @@ impl DurableDelivery {
             )
         })?;
         let (tx, rx) = mpsc::channel(s.max_ack_pending as usize);
-        let pump = tokio::spawn(pump(cores, feeds, tx, identity.name.clone()));
+        let pump = tokio::spawn(pump(
+            cores,
+            feeds,
+            tx,
+            identity.name.clone(),
+            s.pairing_wait,
+            s.max_ack_pending as usize,
+        ));
         let window = dedup_window.max(4 * s.max_ack_pending as usize);
         Ok((
             DurableInbox {
@@ -433,29 +445,44 @@ impl Feed {
 /// Core copies are polled first (`biased`), and once more before a stream copy is matched:
 /// the server writes a request's core copy to this connection before the stream's copy, and
 /// the client hands them to their subscriptions in that order, so a request seen on the
-/// socket before its stream copy is always recorded by then.
+/// socket before its stream copy is always recorded by then. In a cluster the stream copy
+/// may come first: with `pairing_wait` > 0 an unclaimed stream copy is held that long for
+/// its core copy. Held messages leave in arrival order, so a wait never reorders messages;
+/// a backlog fetched at once waits once, not once per message.
 async fn pump(
     mut cores: SelectAll<async_nats::Subscriber>,
     mut feeds: SelectAll<FeedStream>,
     tx: mpsc::Sender<DurableMessage>,
     agent: String,
+    pairing_wait: Duration,
+    max_held: usize,
 ) {
     let mut pending = PendingRequests::default();
-    let record = |pending: &mut PendingRequests, m: async_nats::Message| {
-        if let Some(reply) = m.reply.clone() {
-            let m = crate::bus::nats::from_nats(m);
-            let key = fingerprint(&m.subject, &m.headers, &m.payload);
-            pending.record(key, reply.to_string(), Instant::now());
-        }
-    };
+    // Stream copies in arrival order, each with its fingerprint and when it leaves unclaimed.
+    let mut held: VecDeque<(DurableMessage, u64, Instant)> = VecDeque::new();
     loop {
+        // Hand over, in order, every message at the front that is claimed or waited enough.
+        while let Some((out, key, due)) = held.front_mut() {
+            if out.msg.reply_to.is_none() {
+                out.msg.reply_to = pending.take(*key, Instant::now());
+            }
+            if out.msg.reply_to.is_none() && *due > Instant::now() {
+                break;
+            }
+            let (out, _, _) = held.pop_front().expect("the front was just read");
+            if !hand_over(out, &tx, &mut cores, &mut pending).await {
+                return;
+            }
+        }
+        let front_due = held.front().map(|(_, _, due)| *due);
         let m = tokio::select! {
             biased;
             Some(core) = cores.next() => {
                 record(&mut pending, core);
                 continue;
             }
-            Some(m) = feeds.next() => m,
+            () = sleep_until(front_due) => continue,
+            Some(m) = feeds.next(), if held.len() < max_held => m,
             else => {
                 tracing::warn!(agent = %agent, "durable delivery: every consumer and subscription ended");
                 return;
@@ -474,27 +501,60 @@ async fn pump(
         let (message, acker) = m.split();
         let mut msg = crate::bus::nats::from_nats(message);
         let key = fingerprint(&msg.subject, &msg.headers, &msg.payload);
-        msg.reply_to = pending.take(key, Instant::now());
+        let now = Instant::now();
+        msg.reply_to = pending.take(key, now);
+        let due = match msg.reply_to {
+            Some(_) => now,
+            None => now + pairing_wait,
+        };
         let out = DurableMessage {
             msg,
             acker: Arc::new(acker),
             sequence,
             delivered,
         };
-        // While the runner is busy, keep recording requests: a core subscription left
-        // unread would fill and drop them (a slow consumer), and their replies with them.
-        let permit = loop {
-            tokio::select! {
-                biased;
-                Some(core) = cores.next() => record(&mut pending, core),
-                permit = tx.reserve() => match permit {
-                    Ok(permit) => break permit,
-                    Err(_) => return,
-                },
-            }
-        };
-        permit.send(out);
+        held.push_back((out, key, due));
     }
+}
+
+/// Remembers a core copy that carries a reply subject, for its stream copy to take.
+fn record(pending: &mut PendingRequests, m: async_nats::Message) {
+    if let Some(reply) = m.reply.clone() {
+        let m = crate::bus::nats::from_nats(m);
+        let key = fingerprint(&m.subject, &m.headers, &m.payload);
+        pending.record(key, reply.to_string(), Instant::now());
+    }
+}
+
+/// Waits until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Gives `out` to the runner; false when the runner is gone. While the runner is busy, keeps
+/// recording requests: a core subscription left unread would fill and drop them (a slow
+/// consumer), and their replies with them.
+async fn hand_over(
+    out: DurableMessage,
+    tx: &mpsc::Sender<DurableMessage>,
+    cores: &mut SelectAll<async_nats::Subscriber>,
+    pending: &mut PendingRequests,
+) -> bool {
+    let permit = loop {
+        tokio::select! {
+            biased;
+            Some(core) = cores.next() => record(pending, core),
+            permit = tx.reserve() => match permit {
+                Ok(permit) => break permit,
+                Err(_) => return false,
+            },
+        }
+    };
+    permit.send(out);
+    true
 }
 
 /// Acknowledges `kind`, logging (not failing) when the server cannot be told: the message is
