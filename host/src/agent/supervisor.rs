@@ -11,7 +11,7 @@ use super::runner::Runner;
 use super::status::AgentState;
 use crate::bindings::Message;
 use crate::bus::BusMessage;
-use crate::capabilities::messaging::to_wit_message;
+use crate::capabilities::messaging::{from_wit_message, to_wit_message};
 use crate::subjects;
 
 /// Restarts in a row without a successful message before an agent is marked failed.
@@ -37,7 +37,6 @@ pub(super) enum Outcome {
 impl Runner {
     /// Hands one message to `handle`, retrying after traps.
     pub(super) async fn deliver(&mut self, msg: BusMessage) -> Outcome {
-        let dead_letter_copy = msg.clone();
         let wit_msg = to_wit_message(msg, None);
         let mut traps = 0u32;
         let outcome = loop {
@@ -53,7 +52,7 @@ impl Runner {
                     }
                     if traps >= self.parts.max_traps_per_message {
                         let why = format!("trapped {traps} times: {text}");
-                        self.dead_letter(dead_letter_copy, &why).await;
+                        self.dead_letter(from_wit_message(&wit_msg), &why).await;
                         break Outcome::DeadLettered;
                     }
                 }

@@ -423,13 +423,14 @@ pub(crate) fn from_nats(m: async_nats::Message) -> BusMessage {
     if let Some(map) = &m.headers {
         for (name, values) in map.iter() {
             for value in values {
-                headers.push((name.to_string(), value.as_str().to_string()));
+                headers.push((name.to_string(), value.as_str().to_owned()));
             }
         }
     }
+    // `as_str().to_owned()`, not `to_string()`: no formatting machinery per message.
     BusMessage {
-        subject: m.subject.to_string(),
-        reply_to: m.reply.map(|r| r.to_string()),
+        subject: m.subject.as_str().to_owned(),
+        reply_to: m.reply.map(|r| r.as_str().to_owned()),
         headers,
         payload: m.payload,
     }

@@ -263,6 +263,21 @@ pub fn to_wit_message(msg: BusMessage, id: Option<String>) -> Message {
     }
 }
 
+/// A copy of a guest message as a bus message (to dead-letter it): made only when needed,
+/// so the message path does not copy every message in case it traps.
+pub fn from_wit_message(msg: &Message) -> BusMessage {
+    BusMessage {
+        subject: msg.subject.clone(),
+        reply_to: msg.reply_to.clone(),
+        headers: msg
+            .headers
+            .iter()
+            .map(|h| (h.key.clone(), h.value.clone()))
+            .collect(),
+        payload: Bytes::from(msg.payload.clone()),
+    }
+}
+
 /// The messaging import as seen from one call: the agent's context and its current turn.
 pub struct MessagingView<'a> {
     ctx: &'a MessagingCtx,

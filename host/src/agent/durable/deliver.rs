@@ -37,7 +37,9 @@ impl Runner {
             inbox.done.first_time(&seq);
             return true;
         }
-        let copy = d.msg.clone();
+        // Kept only for the last allowed delivery, which dead-letters the message if it fails.
+        let last_try = d.delivered >= s.max_deliver;
+        let copy = last_try.then(|| d.msg.clone());
         let progress = {
             let acker = d.acker.clone();
             let every = s.progress_interval();
@@ -58,11 +60,12 @@ impl Runner {
                 acknowledge(&agent, &d.acker, AckKind::Ack).await;
                 inbox.done.first_time(&seq);
             }
-            Outcome::Refused(error) if d.delivered >= s.max_deliver => {
+            Outcome::Refused(error) if last_try => {
                 let why = format!(
                     "handle failed on each of {} deliveries; last error: {error}",
                     d.delivered
                 );
+                let copy = copy.expect("kept for the last try");
                 self.dead_letter(copy, &why).await;
                 acknowledge(&agent, &d.acker, AckKind::Term).await;
                 inbox.done.first_time(&seq);
