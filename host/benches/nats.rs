@@ -58,10 +58,10 @@ async fn durable_run(node: &Node, client: &async_nats::Client, name: &str) -> f6
     DURABLE_BATCH as f64 / started.elapsed().as_secs_f64()
 }
 
-/// CPU time this process (client load, host or raw responder) has used so far, from
-/// /proc/self/stat (utime + stime, in clock ticks of 10 ms).
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// CPU time process `pid` ("self" for this one) has used so far, from /proc/PID/stat
+/// (utime + stime, in clock ticks of 10 ms).
+fn process_cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after_name = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)
@@ -77,10 +77,22 @@ fn process_cpu() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// What one timed run measured.
+struct Run {
+    per_s: f64,
+    latencies: Vec<f64>,
+    /// CPU µs per request of this process (requesters + the responder side).
+    cpu_us: f64,
+    /// CPU µs per request of nats-server.
+    server_cpu_us: f64,
+}
+
 /// Requests/s answered on `subject` with REQUESTERS concurrent requesters on one connection,
-/// the latencies, and this process's CPU µs per request.
-async fn load(client: &async_nats::Client, subject: &'static str) -> (f64, Vec<f64>, f64) {
-    let cpu_before = process_cpu();
+/// the latencies, and the CPU µs per request of this process and of the server (`server`:
+/// its pid).
+async fn load(client: &async_nats::Client, subject: &'static str, server: &str) -> Run {
+    let cpu_before = process_cpu("self");
+    let server_before = process_cpu(server);
     let until = Instant::now() + RUN;
     let tasks = (0..REQUESTERS).map(|_| {
         let client = client.clone();
@@ -102,12 +114,13 @@ async fn load(client: &async_nats::Client, subject: &'static str) -> (f64, Vec<f
     for task in futures::future::join_all(tasks).await {
         latencies.extend(task.unwrap());
     }
-    let cpu_us = (process_cpu() - cpu_before).as_secs_f64() * 1e6 / latencies.len().max(1) as f64;
-    (
-        latencies.len() as f64 / started.elapsed().as_secs_f64(),
+    let n = latencies.len().max(1) as f64;
+    Run {
+        per_s: latencies.len() as f64 / started.elapsed().as_secs_f64(),
         latencies,
-        cpu_us,
-    )
+        cpu_us: (process_cpu("self") - cpu_before).as_secs_f64() * 1e6 / n,
+        server_cpu_us: (process_cpu(server) - server_before).as_secs_f64() * 1e6 / n,
+    }
 }
 
 /// Echo in native Rust through the same runner and messaging capability: separates what
@@ -186,33 +199,42 @@ async fn main() {
         .expect("native echo loads");
 
     let client = async_nats::connect(server.url()).await.unwrap();
+    let server_pid = server.pid().expect("the server runs").to_string();
+    let pid = server_pid.as_str();
     // Warm up every path.
-    load(&client, "agent.to.echo.x").await;
-    load(&client, "agent.to.native-echo.x").await;
-    load(&client, "raw.echo").await;
-    load(&client, "raw.echo.stamped").await;
+    for subject in [
+        "agent.to.echo.x",
+        "agent.to.native-echo.x",
+        "raw.echo",
+        "raw.echo.stamped",
+    ] {
+        load(&client, subject, pid).await;
+    }
 
     let (mut host_rates, mut raw_rates, mut host_lat, mut raw_lat) =
         (vec![], vec![], vec![], vec![]);
     let (mut native_rates, mut ratios, mut native_ratios) = (vec![], vec![], vec![]);
     let (mut host_cpu, mut native_cpu, mut raw_cpu) = (vec![], vec![], vec![]);
+    let (mut host_server_cpu, mut raw_server_cpu) = (vec![], vec![]);
     let mut stamped_ratios = vec![];
     for _ in 0..RUNS {
-        let (rate, lat, cpu) = load(&client, "agent.to.echo.x").await;
-        host_rates.push(rate);
-        host_lat.extend(lat);
-        host_cpu.push(cpu);
-        let (native, _, cpu) = load(&client, "agent.to.native-echo.x").await;
-        native_rates.push(native);
-        native_cpu.push(cpu);
-        let (rate, lat, cpu) = load(&client, "raw.echo").await;
-        raw_rates.push(rate);
-        raw_lat.extend(lat);
-        raw_cpu.push(cpu);
-        let (stamped, _, _) = load(&client, "raw.echo.stamped").await;
-        stamped_ratios.push(host_rates.last().unwrap() / stamped);
-        ratios.push(host_rates.last().unwrap() / rate);
-        native_ratios.push(native / rate);
+        let host = load(&client, "agent.to.echo.x", pid).await;
+        let native = load(&client, "agent.to.native-echo.x", pid).await;
+        let raw = load(&client, "raw.echo", pid).await;
+        let stamped = load(&client, "raw.echo.stamped", pid).await;
+        ratios.push(host.per_s / raw.per_s);
+        native_ratios.push(native.per_s / raw.per_s);
+        stamped_ratios.push(host.per_s / stamped.per_s);
+        host_rates.push(host.per_s);
+        host_lat.extend(host.latencies);
+        host_cpu.push(host.cpu_us);
+        host_server_cpu.push(host.server_cpu_us);
+        native_rates.push(native.per_s);
+        native_cpu.push(native.cpu_us);
+        raw_rates.push(raw.per_s);
+        raw_lat.extend(raw.latencies);
+        raw_cpu.push(raw.cpu_us);
+        raw_server_cpu.push(raw.server_cpu_us);
     }
     emit("nats_msgs_per_s", median(host_rates), "msg/s");
     emit("raw_nats_msgs_per_s", median(raw_rates), "msg/s");
@@ -235,6 +257,18 @@ async fn main() {
         "us",
     );
     emit("raw_nats_process_cpu_us_per_request", median(raw_cpu), "us");
+    // nats-server's CPU per request: a responder that replies one small write at a time
+    // costs the server more than one whose replies gather into fewer writes.
+    emit(
+        "nats_server_cpu_us_per_request",
+        median(host_server_cpu),
+        "us",
+    );
+    emit(
+        "raw_nats_server_cpu_us_per_request",
+        median(raw_server_cpu),
+        "us",
+    );
     emit(
         "nats_request_p50_us",
         common::percentile(&mut host_lat, 0.5),
