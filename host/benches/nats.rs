@@ -77,6 +77,24 @@ fn process_cpu(pid: &str) -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// Context switches of this process's threads so far (voluntary + involuntary).
+fn context_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 /// What one timed run measured.
 struct Run {
     per_s: f64,
@@ -85,6 +103,8 @@ struct Run {
     cpu_us: f64,
     /// CPU µs per request of nats-server.
     server_cpu_us: f64,
+    /// Context switches of this process per request.
+    switches: f64,
 }
 
 /// Requests/s answered on `subject` with REQUESTERS concurrent requesters on one connection,
@@ -93,6 +113,7 @@ struct Run {
 async fn load(client: &async_nats::Client, subject: &'static str, server: &str) -> Run {
     let cpu_before = process_cpu("self");
     let server_before = process_cpu(server);
+    let switches_before = context_switches();
     let until = Instant::now() + RUN;
     let tasks = (0..REQUESTERS).map(|_| {
         let client = client.clone();
@@ -120,6 +141,7 @@ async fn load(client: &async_nats::Client, subject: &'static str, server: &str) 
         latencies,
         cpu_us: (process_cpu("self") - cpu_before).as_secs_f64() * 1e6 / n,
         server_cpu_us: (process_cpu(server) - server_before).as_secs_f64() * 1e6 / n,
+        switches: context_switches().saturating_sub(switches_before) as f64 / n,
     }
 }
 
@@ -216,6 +238,7 @@ async fn main() {
     let (mut native_rates, mut ratios, mut native_ratios) = (vec![], vec![], vec![]);
     let (mut host_cpu, mut native_cpu, mut raw_cpu) = (vec![], vec![], vec![]);
     let (mut host_server_cpu, mut raw_server_cpu) = (vec![], vec![]);
+    let (mut host_switches, mut native_switches, mut raw_switches) = (vec![], vec![], vec![]);
     let mut stamped_ratios = vec![];
     for _ in 0..RUNS {
         let host = load(&client, "agent.to.echo.x", pid).await;
@@ -235,6 +258,9 @@ async fn main() {
         raw_lat.extend(raw.latencies);
         raw_cpu.push(raw.cpu_us);
         raw_server_cpu.push(raw.server_cpu_us);
+        host_switches.push(host.switches);
+        native_switches.push(native.switches);
+        raw_switches.push(raw.switches);
     }
     emit("nats_msgs_per_s", median(host_rates), "msg/s");
     emit("raw_nats_msgs_per_s", median(raw_rates), "msg/s");
@@ -268,6 +294,22 @@ async fn main() {
         "raw_nats_server_cpu_us_per_request",
         median(raw_server_cpu),
         "us",
+    );
+    // Thread switches of this process per request: the wake-ups a message costs.
+    emit(
+        "nats_context_switches_per_request",
+        median(host_switches),
+        "switches",
+    );
+    emit(
+        "nats_native_context_switches_per_request",
+        median(native_switches),
+        "switches",
+    );
+    emit(
+        "raw_nats_context_switches_per_request",
+        median(raw_switches),
+        "switches",
     );
     emit(
         "nats_request_p50_us",
