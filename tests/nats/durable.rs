@@ -380,3 +380,42 @@ async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_w
         t.stop().await;
     }
 }
+
+/// Messages held for a request that never comes are handed back to the server when the
+/// agent stops, so after a reload they come at once, not after `ack_wait` (30 s here).
+#[tokio::test]
+async fn messages_held_for_their_request_are_handed_back_when_the_agent_stops() {
+    let Some(server) = NatsServer::start("nats durable held on stop") else {
+        return;
+    };
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let t = durable_node(&server, |c| {
+        c.nats.request_pairing_wait_ms = 2000;
+        c.nats.ack_wait_ms = 30_000;
+    })
+    .await;
+    let (name, id) = ("echo-held", "01936f11-4ea2-7000-8000-0000000000d3");
+    let manifest = durable_manifest(name, id, "");
+    t.load("echo", name, &manifest).await;
+    for i in 0..5 {
+        client
+            .publish(format!("agent.to.{name}.x"), format!("plain {i}").into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    // They reach the node and wait there for requests; the agent stops meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(t.node.status(name).await.unwrap().handled, 0);
+    t.node.unload(name).await.unwrap();
+
+    let started = std::time::Instant::now();
+    t.load("echo", name, &manifest).await;
+    handled_at_least(&t, name, 5).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "came back after ack_wait, not at once: {:?}",
+        started.elapsed()
+    );
+    t.stop().await;
+}

@@ -17,16 +17,16 @@
 //! The embedded bus keeps nothing, so a durable manifest there is refused at load.
 
 mod deliver;
+mod pump;
 mod replies;
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, stream::Stream as JsStream, AckKind};
 use futures::stream::SelectAll;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, OnceCell};
 
 use super::dedup::SeenIds;
@@ -37,6 +37,7 @@ use crate::config::NatsSection;
 use crate::manifest::Subscriptions;
 use crate::subjects;
 
+use pump::{pump, Held};
 pub use replies::{fingerprint, PendingRequests};
 
 /// The subjects the stream covers.
@@ -116,6 +117,8 @@ pub struct DurableMessage {
 pub struct DurableInbox {
     rx: mpsc::Receiver<DurableMessage>,
     pump: Option<tokio::task::JoinHandle<()>>,
+    /// What the pump fetched and has not handed to the runner yet (see [`Held`]).
+    held: Held,
     client: async_nats::Client,
     agent: String,
     /// Stream sequences handled and acked: a redelivery of one (a lost ack, or the copy a
@@ -144,7 +147,12 @@ impl DurableInbox {
             let _ = pump.await;
         }
         self.rx.close();
+        let mut fetched = Vec::new();
         while let Ok(d) = self.rx.try_recv() {
+            fetched.push(d);
+        }
+        fetched.extend(self.held.take_all());
+        for d in fetched {
             acknowledge(&self.agent, &d.acker, AckKind::Nak(None)).await;
         }
         // The server handles one connection's commands in order: once it has answered this
@@ -329,11 +337,13 @@ impl DurableDelivery {
             )
         })?;
         let (tx, rx) = mpsc::channel(s.max_ack_pending as usize);
+        let held = Held::default();
         let pump = tokio::spawn(pump(
             cores,
             feeds,
             tx,
             identity.name.clone(),
+            held.clone(),
             s.pairing_wait,
             s.max_ack_pending as usize,
         ));
@@ -342,6 +352,7 @@ impl DurableDelivery {
             DurableInbox {
                 rx,
                 pump: Some(pump),
+                held,
                 client: self.client.clone(),
                 agent: identity.name.clone(),
                 done: SeenIds::new(window),
@@ -438,123 +449,6 @@ impl Feed {
             }
         }))
     }
-}
-
-/// Pairs core requests with their stream copies and hands stream copies to the runner.
-///
-/// Core copies are polled first (`biased`), and once more before a stream copy is matched:
-/// the server writes a request's core copy to this connection before the stream's copy, and
-/// the client hands them to their subscriptions in that order, so a request seen on the
-/// socket before its stream copy is always recorded by then. In a cluster the stream copy
-/// may come first: with `pairing_wait` > 0 an unclaimed stream copy is held that long for
-/// its core copy. Held messages leave in arrival order, so a wait never reorders messages;
-/// a backlog fetched at once waits once, not once per message.
-async fn pump(
-    mut cores: SelectAll<async_nats::Subscriber>,
-    mut feeds: SelectAll<FeedStream>,
-    tx: mpsc::Sender<DurableMessage>,
-    agent: String,
-    pairing_wait: Duration,
-    max_held: usize,
-) {
-    let mut pending = PendingRequests::default();
-    // Stream copies in arrival order, each with its fingerprint and when it leaves unclaimed.
-    let mut held: VecDeque<(DurableMessage, u64, Instant)> = VecDeque::new();
-    loop {
-        // Hand over, in order, every message at the front that is claimed or waited enough.
-        while let Some((out, key, due)) = held.front_mut() {
-            if out.msg.reply_to.is_none() {
-                out.msg.reply_to = pending.take(*key, Instant::now());
-            }
-            if out.msg.reply_to.is_none() && *due > Instant::now() {
-                break;
-            }
-            let (out, _, _) = held.pop_front().expect("the front was just read");
-            if !hand_over(out, &tx, &mut cores, &mut pending).await {
-                return;
-            }
-        }
-        let front_due = held.front().map(|(_, _, due)| *due);
-        let m = tokio::select! {
-            biased;
-            Some(core) = cores.next() => {
-                record(&mut pending, core);
-                continue;
-            }
-            () = sleep_until(front_due) => continue,
-            Some(m) = feeds.next(), if held.len() < max_held => m,
-            else => {
-                tracing::warn!(agent = %agent, "durable delivery: every consumer and subscription ended");
-                return;
-            }
-        };
-        while let Some(Some(core)) = cores.next().now_or_never() {
-            record(&mut pending, core);
-        }
-        let (sequence, delivered) = match m.info() {
-            Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
-            Err(e) => {
-                tracing::warn!(agent = %agent, "durable delivery: a message without JetStream metadata ({e}); skipped");
-                continue;
-            }
-        };
-        let (message, acker) = m.split();
-        let mut msg = crate::bus::nats::from_nats(message);
-        let key = fingerprint(&msg.subject, &msg.headers, &msg.payload);
-        let now = Instant::now();
-        msg.reply_to = pending.take(key, now);
-        let due = match msg.reply_to {
-            Some(_) => now,
-            None => now + pairing_wait,
-        };
-        let out = DurableMessage {
-            msg,
-            acker: Arc::new(acker),
-            sequence,
-            delivered,
-        };
-        held.push_back((out, key, due));
-    }
-}
-
-/// Remembers a core copy that carries a reply subject, for its stream copy to take.
-fn record(pending: &mut PendingRequests, m: async_nats::Message) {
-    if let Some(reply) = m.reply.clone() {
-        let m = crate::bus::nats::from_nats(m);
-        let key = fingerprint(&m.subject, &m.headers, &m.payload);
-        pending.record(key, reply.to_string(), Instant::now());
-    }
-}
-
-/// Waits until `at`, or forever when there is nothing to wait for.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Gives `out` to the runner; false when the runner is gone. While the runner is busy, keeps
-/// recording requests: a core subscription left unread would fill and drop them (a slow
-/// consumer), and their replies with them.
-async fn hand_over(
-    out: DurableMessage,
-    tx: &mpsc::Sender<DurableMessage>,
-    cores: &mut SelectAll<async_nats::Subscriber>,
-    pending: &mut PendingRequests,
-) -> bool {
-    let permit = loop {
-        tokio::select! {
-            biased;
-            Some(core) = cores.next() => record(pending, core),
-            permit = tx.reserve() => match permit {
-                Ok(permit) => break permit,
-                Err(_) => return false,
-            },
-        }
-    };
-    permit.send(out);
-    true
 }
 
 /// Acknowledges `kind`, logging (not failing) when the server cannot be told: the message is
