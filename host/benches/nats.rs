@@ -95,6 +95,15 @@ fn context_switches() -> u64 {
         .sum()
 }
 
+/// Write system calls this process has made so far (`syscw` in /proc/self/io).
+fn write_calls() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("syscw:")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// What one timed run measured.
 struct Run {
     per_s: f64,
@@ -105,6 +114,8 @@ struct Run {
     server_cpu_us: f64,
     /// Context switches of this process per request.
     switches: f64,
+    /// Write system calls of this process per request (requests and replies both).
+    writes: f64,
 }
 
 /// Requests/s answered on `subject` with REQUESTERS concurrent requesters on one connection,
@@ -114,6 +125,7 @@ async fn load(client: &async_nats::Client, subject: &'static str, server: &str) 
     let cpu_before = process_cpu("self");
     let server_before = process_cpu(server);
     let switches_before = context_switches();
+    let writes_before = write_calls();
     let until = Instant::now() + RUN;
     let tasks = (0..REQUESTERS).map(|_| {
         let client = client.clone();
@@ -142,6 +154,7 @@ async fn load(client: &async_nats::Client, subject: &'static str, server: &str) 
         cpu_us: (process_cpu("self") - cpu_before).as_secs_f64() * 1e6 / n,
         server_cpu_us: (process_cpu(server) - server_before).as_secs_f64() * 1e6 / n,
         switches: context_switches().saturating_sub(switches_before) as f64 / n,
+        writes: write_calls().saturating_sub(writes_before) as f64 / n,
     }
 }
 
@@ -239,6 +252,7 @@ async fn main() {
     let (mut host_cpu, mut native_cpu, mut raw_cpu) = (vec![], vec![], vec![]);
     let (mut host_server_cpu, mut raw_server_cpu) = (vec![], vec![]);
     let (mut host_switches, mut native_switches, mut raw_switches) = (vec![], vec![], vec![]);
+    let (mut host_writes, mut native_writes, mut raw_writes) = (vec![], vec![], vec![]);
     let mut stamped_ratios = vec![];
     for _ in 0..RUNS {
         let host = load(&client, "agent.to.echo.x", pid).await;
@@ -261,6 +275,9 @@ async fn main() {
         host_switches.push(host.switches);
         native_switches.push(native.switches);
         raw_switches.push(raw.switches);
+        host_writes.push(host.writes);
+        native_writes.push(native.writes);
+        raw_writes.push(raw.writes);
     }
     emit("nats_msgs_per_s", median(host_rates), "msg/s");
     emit("raw_nats_msgs_per_s", median(raw_rates), "msg/s");
@@ -310,6 +327,18 @@ async fn main() {
         "raw_nats_context_switches_per_request",
         median(raw_switches),
         "switches",
+    );
+    // Socket writes of this process per request: how well replies gather into one write.
+    emit("nats_writes_per_request", median(host_writes), "syscalls");
+    emit(
+        "nats_native_writes_per_request",
+        median(native_writes),
+        "syscalls",
+    );
+    emit(
+        "raw_nats_writes_per_request",
+        median(raw_writes),
+        "syscalls",
     );
     emit(
         "nats_request_p50_us",
