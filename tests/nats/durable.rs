@@ -52,6 +52,17 @@ pub async fn ask(client: &async_nats::Client, subject: &str, payload: &str) -> S
     String::from_utf8_lossy(&reply.payload).into_owned()
 }
 
+/// Publishes `n` plain messages (no reply subject) to agent `name`'s inbox and flushes.
+async fn publish_plain(client: &async_nats::Client, name: &str, n: usize) {
+    for i in 0..n {
+        client
+            .publish(format!("agent.to.{name}.x"), format!("plain {i}").into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+}
+
 /// Waits (up to 20 s) until agent `name` has handled `n` messages.
 pub async fn handled_at_least(t: &TestNode, name: &str, n: u64) {
     let wait = async {
@@ -318,7 +329,12 @@ async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_w
         ),
     ];
     for (name, id, wait_ms, answered) in cases {
-        let t = durable_node(&server, |c| c.nats.request_pairing_wait_ms = wait_ms).await;
+        let t = durable_node(&server, |c| {
+            c.nats.request_pairing_wait_ms = wait_ms;
+            // A held message is unacknowledged: the wait must stay inside ack_wait.
+            c.nats.ack_wait_ms = 10_000;
+        })
+        .await;
         t.load("echo", name, &durable_manifest(name, id, "")).await;
         let subject = format!("agent.to.{name}.x");
         let mut headers = async_nats::HeaderMap::new();
@@ -365,12 +381,7 @@ async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_w
         // Plain publishes wait for a request that never comes, but a burst waits once, not
         // once per message (100 × 3 s would be five minutes).
         let started = std::time::Instant::now();
-        for i in 0..100 {
-            client
-                .publish(format!("agent.to.{name}.x"), format!("plain {i}").into())
-                .await
-                .unwrap();
-        }
+        publish_plain(&client, name, 100).await;
         handled_at_least(&t, name, 101).await;
         assert!(
             started.elapsed() < Duration::from_millis(wait_ms) + Duration::from_secs(10),
@@ -397,13 +408,7 @@ async fn messages_held_for_their_request_are_handed_back_when_the_agent_stops() 
     let (name, id) = ("echo-held", "01936f11-4ea2-7000-8000-0000000000d3");
     let manifest = durable_manifest(name, id, "");
     t.load("echo", name, &manifest).await;
-    for i in 0..5 {
-        client
-            .publish(format!("agent.to.{name}.x"), format!("plain {i}").into())
-            .await
-            .unwrap();
-    }
-    client.flush().await.unwrap();
+    publish_plain(&client, name, 5).await;
     // They reach the node and wait there for requests; the agent stops meanwhile.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(t.node.status(name).await.unwrap().handled, 0);

@@ -78,14 +78,11 @@ impl KvView<'_> {
         let started = Instant::now();
         let r = match super::within(self.ctx.timeout, f).await {
             Some(r) => r.map_err(wit_error),
-            None => {
-                tracing::warn!(
-                    agent = %self.ctx.agent,
-                    "KV call timed out after {} ms ([defaults] host_call_timeout_ms); the agent gets `timeout`",
-                    self.ctx.timeout.as_millis()
-                );
-                Err(WitError::Timeout)
-            }
+            None => Err(super::timed_out(
+                &self.ctx.agent,
+                "a KV call ([defaults] host_call_timeout_ms)",
+                self.ctx.timeout,
+            )),
         };
         self.turn.host_time += started.elapsed();
         r

@@ -183,18 +183,12 @@ impl MessagingCtx {
         let subject = msg.subject.clone();
         match super::within(self.max_timeout, self.bus.publish(msg)).await {
             Some(r) => r.map_err(|e| bus_error(e, &subject)),
-            None => Err(self.timed_out("publish", &subject)),
+            None => Err(super::timed_out(
+                &self.identity.name,
+                &format!("a publish to '{subject}' ([defaults] host_call_timeout_ms)"),
+                self.max_timeout,
+            )),
         }
-    }
-
-    /// A bus call that did not return within its bound: logged; the agent gets `timeout`.
-    fn timed_out(&self, what: &str, subject: &str) -> WitError {
-        tracing::warn!(
-            agent = %self.identity.name,
-            "{what} to '{subject}' timed out after {} ms ([defaults] host_call_timeout_ms); the agent gets `timeout`",
-            self.max_timeout.as_millis()
-        );
-        WitError::Timeout
     }
 
     async fn request_one(
@@ -206,11 +200,19 @@ impl MessagingCtx {
     ) -> Result<Message, WitError> {
         self.check_size(&headers, &payload)?;
         let msg = self.outgoing(subject.clone(), headers, payload);
-        // The transport times requests out itself; the outer bound holds if it hangs.
-        match tokio::time::timeout(timeout, self.bus.request(msg, timeout)).await {
-            Ok(Ok(reply)) => Ok(to_wit_message(reply, None)),
-            Ok(Err(e)) => Err(bus_error(e, &subject)),
-            Err(_) => Err(WitError::Timeout),
+        // The transport times requests out itself (its error becomes `timeout`); the outer
+        // bound, 50 ms later, holds only if the transport hangs. It stays inside the margin
+        // (≥ 100 ms) the host-call watch allows past host_call_timeout_ms, which caps
+        // `timeout`, so the agent gets `timeout` before its instance would be abandoned.
+        let hung = timeout + Duration::from_millis(50);
+        match super::within(hung, self.bus.request(msg, timeout)).await {
+            Some(Ok(reply)) => Ok(to_wit_message(reply, None)),
+            Some(Err(e)) => Err(bus_error(e, &subject)),
+            None => Err(super::timed_out(
+                &self.identity.name,
+                &format!("a request to '{subject}' (the bus did not time it out itself)"),
+                hung,
+            )),
         }
     }
 

@@ -56,3 +56,14 @@ pub(crate) async fn within<T>(
     }
     tokio::time::timeout(limit, call).await.ok()
 }
+
+/// A backend call that did not answer within `limit`: logged; the agent gets `timeout`,
+/// which it can handle.
+pub(crate) fn timed_out(agent: &str, what: &str, limit: std::time::Duration) -> WitError {
+    tracing::warn!(
+        agent = %agent,
+        "{what} got no answer within {} ms; the agent gets `timeout`",
+        limit.as_millis()
+    );
+    WitError::Timeout
+}

@@ -313,7 +313,7 @@ fn nats(root: &Section) -> Result<NatsSection, FieldError> {
             format!("{kv_replicas} is more than JetStream allows; expected 1 to 5"),
         ));
     }
-    Ok(NatsSection {
+    let nats = NatsSection {
         url,
         stream_name,
         kv_bucket,
@@ -361,7 +361,19 @@ fn nats(root: &Section) -> Result<NatsSection, FieldError> {
         request_pairing_wait_ms: s
             .uint("request_pairing_wait_ms", "20")?
             .unwrap_or(d.request_pairing_wait_ms),
-    })
+    };
+    // A held message is not acknowledged yet: held past ack_wait, the server would send it
+    // again while it waits.
+    if nats.request_pairing_wait_ms >= nats.ack_wait_ms {
+        return Err(s.error(
+            "request_pairing_wait_ms",
+            format!(
+                "{} ms is not shorter than ack_wait_ms ({} ms); expected a short wait (tens of ms), or raise ack_wait_ms",
+                nats.request_pairing_wait_ms, nats.ack_wait_ms
+            ),
+        ));
+    }
+    Ok(nats)
 }
 
 /// Checks a JetStream KV bucket name: NATS allows only `A-Z a-z 0-9 _ -`.
