@@ -17,6 +17,8 @@ mod llm;
 pub use llm::{BackendEntry, BackendKind, LlmSection, DEFAULT_BACKEND, DEFAULT_OLLAMA_URL};
 
 pub use env::ENV_VARS;
+#[cfg(test)]
+mod env_tests;
 mod read;
 #[cfg(test)]
 mod sandbox_tests;
