@@ -70,9 +70,12 @@ pub(super) async fn pump(
         let key = fingerprint(&msg.subject, &msg.headers, &msg.payload);
         let now = Instant::now();
         msg.reply_to = pending.take(key, now);
+        // `checked_add`: a wait too long for the clock means "until a request comes".
         let due = match msg.reply_to {
             Some(_) => now,
-            None => now + pairing_wait,
+            None => now
+                .checked_add(pairing_wait)
+                .unwrap_or(now + Duration::from_secs(86_400)),
         };
         let out = DurableMessage {
             msg,
