@@ -9,10 +9,12 @@
 //!
 //! Knobs for comparing two builds on a noisy machine (the defaults are the recorded run):
 //! `NATS_BENCH_RUN_MS` (length of one timed run, 3000), `NATS_BENCH_ROUNDS` (rounds, 5),
-//! `NATS_BENCH_QUICK=1` (only the host and the raw responder, no durable run). For a
+//! `NATS_BENCH_QUICK=1` (only the host and the raw responder, no durable run),
+//! `NATS_BENCH_DURABLE_ONLY=1` with `NATS_BENCH_DURABLE_RUNS=N` (only durable backlogs, to
+//! hunt consumer stalls). For a
 //! profiler: `NATS_BENCH_SOAK=SUBJECT` loads only that subject (`agent.to.echo.x`,
 //! `agent.to.native-echo.x`, `raw.echo`, `raw.echo.stamped`) for `NATS_BENCH_SECONDS`
-//! (20) and prints its rate and CPU per request.
+//! (20) and prints its rate and CPU per request. `RUST_LOG` turns on the node's log.
 
 mod common;
 #[path = "../../tests/support/nats.rs"]
@@ -193,6 +195,34 @@ async fn soak(client: &async_nats::Client, subject: &str, server: &str) {
     emit("soak_server_cpu_us_per_request", median(server_cpu), "us");
 }
 
+/// Durable delivery: the same echo component reading through its JetStream consumer,
+/// `NATS_BENCH_DURABLE_RUNS` backlogs (3). The slowest run is reported too: a consumer that
+/// stalls shows there, where a median would hide it.
+async fn durable_bench(node: &Node, client: &async_nats::Client, dir: &std::path::Path) {
+    let manifest = dir.join("durable-echo.toml");
+    std::fs::write(
+        &manifest,
+        "[agent]\nname = \"durable-echo\"\n[subscriptions]\ndurable = true\nbroadcast = false\nagent_ref = false\n",
+    )
+    .unwrap();
+    node.load(LoadRequest {
+        component: Some(build_plugins().join("echo.wasm")),
+        manifest: Some(manifest),
+        name: None,
+    })
+    .await
+    .expect("durable echo loads");
+    let mut durable = Vec::new();
+    for run in 0..knob("NATS_BENCH_DURABLE_RUNS", DURABLE_RUNS as u64) {
+        let rate = durable_run(node, client, "durable-echo").await;
+        eprintln!("durable run {run}: {rate:.0} msg/s");
+        durable.push(rate);
+    }
+    let slowest = durable.iter().copied().fold(f64::INFINITY, f64::min);
+    emit("durable_msgs_per_s", median(durable), "msg/s");
+    emit("durable_msgs_per_s_min", slowest, "msg/s");
+}
+
 /// Echo in native Rust through the same runner and messaging capability: separates what
 /// the NATS plumbing costs from what the Wasm call costs.
 struct NativeEcho;
@@ -214,6 +244,13 @@ impl NativeGuest for NativeEcho {
 
 #[tokio::main]
 async fn main() {
+    // RUST_LOG=agent_host=debug,async_nats=debug shows what the node and the client do.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let Some(server) = nats_server::NatsServer::start("cargo bench --bench nats") else {
         return;
     };
@@ -273,6 +310,11 @@ async fn main() {
     let pid = server_pid.as_str();
     if let Ok(subject) = std::env::var("NATS_BENCH_SOAK") {
         soak(&client, &subject, pid).await;
+        node.shutdown().await;
+        return;
+    }
+    if knob("NATS_BENCH_DURABLE_ONLY", 0) == 1 {
+        durable_bench(&node, &client, dir.path()).await;
         node.shutdown().await;
         return;
     }
@@ -427,25 +469,7 @@ async fn main() {
         "us",
     );
 
-    // Durable delivery: the same echo component reading through its JetStream consumer.
-    let manifest = dir.path().join("durable-echo.toml");
-    std::fs::write(
-        &manifest,
-        "[agent]\nname = \"durable-echo\"\n[subscriptions]\ndurable = true\nbroadcast = false\nagent_ref = false\n",
-    )
-    .unwrap();
-    node.load(LoadRequest {
-        component: Some(build_plugins().join("echo.wasm")),
-        manifest: Some(manifest),
-        name: None,
-    })
-    .await
-    .expect("durable echo loads");
-    let mut durable = Vec::new();
-    for _ in 0..DURABLE_RUNS {
-        durable.push(durable_run(&node, &client, "durable-echo").await);
-    }
-    emit("durable_msgs_per_s", median(durable), "msg/s");
+    durable_bench(&node, &client, dir.path()).await;
 
     node.shutdown().await;
     responder.abort();

@@ -25,6 +25,9 @@ pub struct Inbox {
     pub agent_ref: Option<Subscription>,
     pub broadcast: Option<Subscription>,
     pub durable: Option<DurableInbox>,
+    /// Which core subscription [`Inbox::try_next`] looks at first, turn by turn, so a busy
+    /// one does not starve the others.
+    first: usize,
 }
 
 impl Inbox {
@@ -52,6 +55,7 @@ impl Inbox {
             agent_ref: None,
             broadcast: None,
             durable: Some(inbox),
+            first: 0,
         };
         Ok((inbox, patterns))
     }
@@ -90,8 +94,28 @@ impl Inbox {
                 None
             },
             durable: None,
+            first: 0,
         };
         Ok((inbox, patterns))
+    }
+
+    /// A message one of the core subscriptions already holds, without waiting; the
+    /// subscription looked at first changes with every call.
+    pub fn try_next(&mut self) -> Option<(BusMessage, Via)> {
+        const ORDER: [Via; 3] = [Via::Legacy, Via::AgentRef, Via::Broadcast];
+        for turn in 0..ORDER.len() {
+            let via = ORDER[(self.first + turn) % ORDER.len()];
+            let sub = match via {
+                Via::Legacy => &mut self.legacy,
+                Via::AgentRef => &mut self.agent_ref,
+                Via::Broadcast => &mut self.broadcast,
+            };
+            if let Some(msg) = sub.as_mut().and_then(Subscription::try_next) {
+                self.first = (self.first + 1) % ORDER.len();
+                return Some((msg, via));
+            }
+        }
+        None
     }
 
     /// Whether a message that came through `via` will also come through a subscription of

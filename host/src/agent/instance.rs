@@ -148,6 +148,11 @@ impl Live {
         self.store.set_epoch_deadline(1);
     }
 
+    /// When the current turn began (read once, by [`Live::begin_turn`]).
+    pub fn turn_started(&self) -> std::time::Instant {
+        self.store.data().turn.started
+    }
+
     /// What a trap of the current call was, in words, and which limit it hit (if any).
     pub fn describe_trap(&self, trap: &wasmtime::Error) -> (String, Option<LimitHit>) {
         describe_trap(trap, self.store.data().limits.refused_in_turn())

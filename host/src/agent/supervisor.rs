@@ -4,7 +4,7 @@
 //! keeps trapping without handling a message is marked failed and left alone.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::limits::LimitHit;
 use super::runner::Runner;
@@ -78,7 +78,7 @@ impl Runner {
             .as_mut()
             .expect("a live instance between restarts");
         live.begin_turn(msg.reply_to.clone(), p.limits.cpu_per_message);
-        let started = Instant::now();
+        let started = live.turn_started();
         let result = live.call_handle(msg).await;
         p.metrics.latency.observe(started.elapsed().as_secs_f64());
         match result {

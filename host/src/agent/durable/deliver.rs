@@ -40,21 +40,9 @@ impl Runner {
         // Kept only for the last allowed delivery, which dead-letters the message if it fails.
         let last_try = d.delivered >= s.max_deliver;
         let copy = last_try.then(|| d.msg.clone());
-        let progress = {
-            let acker = d.acker.clone();
-            let every = s.progress_interval();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                loop {
-                    tick.tick().await;
-                    if acker.ack_with(AckKind::Progress).await.is_err() {
-                        return;
-                    }
-                }
-            })
-        };
-        let outcome = self.deliver_routed(d.msg).await;
-        progress.abort();
+        let acker = d.acker.clone();
+        let outcome =
+            with_progress(s.progress_interval(), &acker, self.deliver_routed(d.msg)).await;
         match outcome {
             Outcome::Handled | Outcome::DeadLettered => {
                 acknowledge(&agent, &d.acker, AckKind::Ack).await;
@@ -79,5 +67,32 @@ impl Runner {
             Outcome::AgentFailed => return false,
         }
         true
+    }
+}
+
+/// Runs `deliver`, telling the server every `every` that the message is still being worked
+/// on, so a long `handle` (an LLM call) is not redelivered behind its back. Most messages are
+/// handled in the first poll: those arm no timer and spawn nothing.
+async fn with_progress<F: std::future::Future>(
+    every: std::time::Duration,
+    acker: &async_nats::jetstream::message::Acker,
+    deliver: F,
+) -> F::Output {
+    let mut deliver = std::pin::pin!(deliver);
+    if let std::task::Poll::Ready(done) = futures::poll!(deliver.as_mut()) {
+        return done;
+    }
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut told = true;
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut deliver => return done,
+            _ = tick.tick(), if told => {
+                // A server that cannot be told now will not be told later either; the
+                // message is redelivered after ack_wait and recognised then.
+                told = acker.ack_with(AckKind::Progress).await.is_ok();
+            }
+        }
     }
 }
