@@ -42,8 +42,13 @@ pub use replies::{fingerprint, PendingRequests};
 
 /// The subjects the stream covers.
 const STREAM_SUBJECTS: &str = "agent.>";
-/// Idle heartbeat of a consumer's pull requests: a lost server is noticed within ~2 of these.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Idle heartbeat of a consumer's pull requests: a pull request the server no longer holds
+/// (a lost server, or the rare pull the server drops while the client still counts on it)
+/// is noticed within ~2 of these. A server that holds a pull sends one per interval while
+/// it has nothing to deliver: one small message a second per idle consumer.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long the check of a consumer's state after a missed heartbeat may take.
+const CONSUMER_INFO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one pull request stays open on the server.
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// Wait before re-creating a consumer that went away.
@@ -319,6 +324,8 @@ impl DurableDelivery {
                 config,
                 batch: s.max_ack_pending as usize,
                 current: None,
+                consumer: None,
+                repull_now: false,
             };
             // Open once here so a bad setup fails the load instead of retrying forever.
             let feed = feed.opened().await?;
@@ -382,6 +389,11 @@ struct Feed {
     config: pull::Config,
     batch: usize,
     current: Option<pull::Stream>,
+    /// The consumer behind `current`, to ask the server about it.
+    consumer: Option<jetstream::consumer::PullConsumer>,
+    /// Pull afresh without waiting: the last stream was dropped because the server holds
+    /// no pull request of ours, not because the server went away.
+    repull_now: bool,
 }
 
 impl Feed {
@@ -414,14 +426,40 @@ impl Feed {
                 )
             })?;
         self.current = Some(messages);
+        self.consumer = Some(consumer);
         Ok(())
+    }
+
+    /// After a missed heartbeat: whether the server still holds a pull request of this
+    /// consumer. It does when the heartbeat was missed only because nobody read the stream
+    /// for a while (the agent busy with a long message); it does not when the pull request
+    /// was lost, and then nothing more comes until a new one is sent. `None`: no answer.
+    async fn server_holds_a_pull(&self) -> Option<bool> {
+        let consumer = self.consumer.as_ref()?;
+        let info = tokio::time::timeout(CONSUMER_INFO_TIMEOUT, consumer.get_info())
+            .await
+            .ok()?
+            .ok()?;
+        if info.num_waiting == 0 {
+            tracing::warn!(
+                agent = %self.agent,
+                consumer = %info.name,
+                waiting_pulls = info.num_waiting,
+                pending = info.num_pending,
+                unacked = info.num_ack_pending,
+                "durable consumer: the server holds no pull request of ours while the client counts on one (the heartbeats stopped); pulling afresh"
+            );
+        }
+        Some(info.num_waiting > 0)
     }
 
     fn into_stream(self) -> FeedStream {
         Box::pin(futures::stream::unfold(self, |mut feed| async move {
             loop {
                 let Some(current) = feed.current.as_mut() else {
-                    tokio::time::sleep(REOPEN_DELAY).await;
+                    if !std::mem::take(&mut feed.repull_now) {
+                        tokio::time::sleep(REOPEN_DELAY).await;
+                    }
                     if let Err(e) = feed.open().await {
                         tracing::warn!("{e:#}; retrying");
                     }
@@ -431,15 +469,30 @@ impl Feed {
                     Some(Ok(m)) => return Some((m, feed)),
                     Some(Err(e)) => {
                         use pull::MessagesErrorKind as K;
+                        if e.kind() == K::MissingHeartbeat {
+                            // The server holds no pull request of ours (one was lost, or the
+                            // server is gone): pull afresh rather than wait for the client's
+                            // own recovery after the pull's expiry. Unless it does hold one
+                            // and nobody read the stream for a while.
+                            match feed.server_holds_a_pull().await {
+                                Some(true) => {
+                                    tracing::debug!(agent = %feed.agent, "durable consumer: heartbeat missed while the stream was not read; the server holds our pull request");
+                                }
+                                Some(false) => {
+                                    feed.current = None;
+                                    feed.repull_now = true;
+                                }
+                                None => {
+                                    tracing::warn!(agent = %feed.agent, "durable consumer: {e}, and the server does not answer; pulling afresh");
+                                    feed.current = None;
+                                }
+                            }
+                            continue;
+                        }
                         tracing::warn!(agent = %feed.agent, "durable consumer: {e}");
-                        // A missed heartbeat means the server holds no pull request of
-                        // ours (e.g. one was lost): pull afresh rather than wait for expiry.
                         if matches!(
                             e.kind(),
-                            K::ConsumerDeleted
-                                | K::PushBasedConsumer
-                                | K::RequestLimitExceeded
-                                | K::MissingHeartbeat
+                            K::ConsumerDeleted | K::PushBasedConsumer | K::RequestLimitExceeded
                         ) {
                             feed.current = None;
                         }
