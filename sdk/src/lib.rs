@@ -8,7 +8,7 @@
 //!
 //! impl Agent for Echo {
 //!     fn handle(&mut self, msg: Message) -> Result<()> {
-//!         msg.reply(msg.payload.clone())
+//!         msg.reply(&msg.payload)
 //!     }
 //! }
 //!

@@ -50,8 +50,9 @@ impl Message {
         s.rsplit('.').next().unwrap_or(s)
     }
 
-    /// Replies to the sender (no-op when the message asked for no reply).
-    pub fn reply(&self, payload: impl Into<Vec<u8>>) -> Result<()> {
+    /// Replies to the sender (no-op when the message asked for no reply). The payload is
+    /// borrowed: `msg.reply(&msg.payload)` copies nothing inside the agent.
+    pub fn reply(&self, payload: impl AsRef<[u8]>) -> Result<()> {
         self.reply_with_headers(&[], payload)
     }
 
@@ -61,11 +62,7 @@ impl Message {
     }
 
     /// Replies with headers (no-op when the message asked for no reply).
-    pub fn reply_with_headers(
-        &self,
-        headers: &[Header],
-        payload: impl Into<Vec<u8>>,
-    ) -> Result<()> {
+    pub fn reply_with_headers(&self, headers: &[Header], payload: impl AsRef<[u8]>) -> Result<()> {
         let Some(to) = &self.reply_to else {
             return Ok(());
         };

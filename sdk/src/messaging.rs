@@ -9,7 +9,7 @@ use crate::error::host;
 use crate::{AgentCommand, AgentTarget, Destination, Header, Message, OutgoingRequest, Result};
 
 /// Publishes `payload` to `subject`.
-pub fn publish(subject: &str, payload: impl Into<Vec<u8>>) -> Result<()> {
+pub fn publish(subject: &str, payload: impl AsRef<[u8]>) -> Result<()> {
     publish_with_headers(subject, &[], payload)
 }
 
@@ -17,36 +17,36 @@ pub fn publish(subject: &str, payload: impl Into<Vec<u8>>) -> Result<()> {
 pub fn publish_with_headers(
     subject: &str,
     headers: &[Header],
-    payload: impl Into<Vec<u8>>,
+    payload: impl AsRef<[u8]>,
 ) -> Result<()> {
-    host(wit::publish(subject, headers, &payload.into()))
+    host(wit::publish(subject, headers, payload.as_ref()))
 }
 
 /// Sends `command` to the agent named `to`; the host picks the subject scheme.
-pub fn send(to: &str, command: &str, payload: impl Into<Vec<u8>>) -> Result<()> {
+pub fn send(to: &str, command: &str, payload: impl AsRef<[u8]>) -> Result<()> {
     host(wit::send(
         &AgentTarget::Name(to.to_string()),
         command,
         &[],
-        &payload.into(),
+        payload.as_ref(),
     ))
 }
 
 /// Sends a request to a subject and waits up to `timeout` for the reply.
-pub fn request(subject: &str, payload: impl Into<Vec<u8>>, timeout: Duration) -> Result<Message> {
+pub fn request(subject: &str, payload: impl AsRef<[u8]>, timeout: Duration) -> Result<Message> {
     let dest = Destination::Subject(subject.to_string());
-    host(wit::request(&dest, &[], &payload.into(), millis(timeout)))
+    host(wit::request(&dest, &[], payload.as_ref(), millis(timeout)))
 }
 
 /// Asks the agent named `to` to run `command` and waits for its reply.
 pub fn ask(
     to: &str,
     command: &str,
-    payload: impl Into<Vec<u8>>,
+    payload: impl AsRef<[u8]>,
     timeout: Duration,
 ) -> Result<Message> {
     let dest = agent_destination(to, command);
-    host(wit::request(&dest, &[], &payload.into(), millis(timeout)))
+    host(wit::request(&dest, &[], payload.as_ref(), millis(timeout)))
 }
 
 /// A request for [`request_many`]: a command for the agent named `to`.

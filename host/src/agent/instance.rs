@@ -6,9 +6,7 @@ use std::time::Duration;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx};
 
-use super::limits::{
-    call_hook, describe_trap, HostCallWatch, HostClock, InstanceCounts, LimitHit, Limiter,
-};
+use super::limits::{call_hook, describe_trap, HostCallWatch, InstanceCounts, LimitHit, Limiter};
 use super::native::{NativeFactory, NativeGuest};
 use super::stdio::LogStream;
 use super::{AgentCaps, AgentStore, CpuBudgetExceeded, Turn};
@@ -141,16 +139,13 @@ impl Live {
         let turn = &mut data.turn;
         turn.reply_to = reply_to;
         turn.replied = false;
-        turn.started = std::time::Instant::now();
-        turn.host_time = Duration::ZERO;
-        turn.clock = HostClock::default();
         turn.cpu_budget = budget;
         self.store.set_epoch_deadline(1);
     }
 
-    /// When the current turn began (read once, by [`Live::begin_turn`]).
-    pub fn turn_started(&self) -> std::time::Instant {
-        self.store.data().turn.started
+    /// When the current (or last) export call began.
+    pub fn call_started(&self) -> std::time::Instant {
+        self.store.data().watch.call_started()
     }
 
     /// What a trap of the current call was, in words, and which limit it hit (if any).
@@ -228,7 +223,6 @@ pub async fn instantiate(
     });
     // Instantiation runs the component's start code: bound it like a call.
     store.data_mut().turn.cpu_budget = limits.cpu_per_message.max(Duration::from_secs(1));
-    store.data_mut().turn.started = std::time::Instant::now();
     store.set_epoch_deadline(1);
     let guest = match code {
         Code::Wasm(compiled) => Guest::Wasm(

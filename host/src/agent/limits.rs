@@ -4,12 +4,12 @@
 //!   reaches the agent as a failed `memory.grow` (its allocator reports out-of-memory), not
 //!   as a host error; it is logged and counted.
 //! - CPU per call: the epoch deadline callback (see `instance.rs`) traps a call whose guest
-//!   time passes the budget. Guest time is the smaller of two upper bounds: wall time minus
-//!   time spent in host calls, which [`call_hook`] measures for every host call, WASI's and
-//!   the epoch yield included (a guest waiting on the host — a request, an LLM call, a
-//!   sleep — or for its next turn is not charged for the wait), and the time the call ran
-//!   ([`HostCallWatch::running_time`]: thread CPU time once a call outlasts one epoch tick,
-//!   so a machine whose cores are taken by other work does not make a healthy agent trap).
+//!   time passes the budget ([`HostCallWatch::running_time`]): the time its polls took, so
+//!   a guest waiting on the host — a request, an LLM call, a sleep — or for its next turn
+//!   after an epoch yield is not charged for the wait (the call is not being polled then),
+//!   and thread CPU time once a call outlasts one epoch tick, so a machine whose cores are
+//!   taken by other work does not make a healthy agent trap. What the host does
+//!   synchronously inside a host call counts as the call's.
 //! - Tables and instances: [`InstanceCounts`] bounds the core instances, tables and
 //!   memories one instance may create and how far a table may grow; a component needing
 //!   more is refused at load with the field to raise, a refused `table.grow` fails inside
@@ -234,31 +234,13 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-/// Where an instance's host time goes, and since when it is inside the current host call.
-#[derive(Default)]
-pub struct HostClock {
-    /// Time spent in host calls since the current export call began.
-    pub spent: Duration,
-    /// When the host call in progress began.
-    pub entered: Option<Instant>,
-}
-
-/// Runs on every transition between the guest and the host: measures host time (so it is
-/// not charged as CPU) and tells the watch whether the instance is inside a host call.
-pub fn call_hook(mut ctx: StoreContextMut<'_, AgentStore>, hook: CallHook) -> wasmtime::Result<()> {
-    let data = ctx.data_mut();
+/// Runs on every transition between the guest and the host: tells the watch whether the
+/// instance is inside a host call, and which one (a count, not a clock: no clock read per
+/// host call).
+pub fn call_hook(ctx: StoreContextMut<'_, AgentStore>, hook: CallHook) -> wasmtime::Result<()> {
     match hook {
-        CallHook::CallingHost => {
-            let now = Instant::now();
-            data.turn.clock.entered = Some(now);
-            data.watch.enter(now);
-        }
-        CallHook::ReturningFromHost => {
-            if let Some(entered) = data.turn.clock.entered.take() {
-                data.turn.clock.spent += entered.elapsed();
-            }
-            data.watch.leave();
-        }
+        CallHook::CallingHost => ctx.data().watch.enter(),
+        CallHook::ReturningFromHost => ctx.data().watch.leave(),
         CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
     }
     Ok(())
@@ -280,19 +262,32 @@ pub struct HostCallTooLong {
     pub limit: Duration,
 }
 
-/// Shared between an instance's store and whoever awaits its export calls: since when the
-/// instance is inside a host call, readable while the call is in progress.
+/// Shared between an instance's store and whoever awaits its export calls: whether the
+/// instance is inside a host call, and how long the current call has run, readable while the
+/// call is in progress.
+///
+/// A call's future is pending only while the call waits: inside a host call waiting for I/O
+/// (a request, an LLM call, a WASI sleep) or for its next turn after an epoch yield. So the
+/// time it ran is its wall time less its waits, which costs a clock read at its start and
+/// one at each end of a wait; a call that finishes in one poll, the common case, reads the
+/// clock once.
 pub struct HostCallWatch {
-    /// Nanoseconds since [`origin`] when the current host call began; 0 when in none.
-    entered: AtomicU64,
+    /// Host calls the instance entered so far, and whether it is inside one now: the
+    /// watchdog sees the same call twice when the count did not move in between.
+    host_calls: AtomicU64,
+    inside: AtomicBool,
     limit: Duration,
-    /// Nanoseconds the current export call has run, polls finished so far (see
-    /// [`Self::running_time`]).
-    polled: AtomicU64,
-    /// Nanoseconds since [`origin`] when the poll in progress began; 0 when none is.
-    poll_began: AtomicU64,
+    /// Nanoseconds since [`origin`] when the current export call began.
+    started: AtomicU64,
+    /// Nanoseconds since [`origin`] when the current call last returned `Pending`; 0 while
+    /// it is being polled.
+    waiting_since: AtomicU64,
+    /// Nanoseconds the current call spent waiting, in waits that ended.
+    waited: AtomicU64,
     /// Whether the current call is measured in thread CPU time (from its first check on).
     precise: AtomicBool,
+    /// Nanoseconds charged to the current call before the poll in progress (precise mode).
+    polled: AtomicU64,
     /// The thread's CPU clock, in nanoseconds, when the poll in progress began (precise).
     poll_cpu_began: AtomicU64,
 }
@@ -314,31 +309,37 @@ impl HostCallWatch {
     pub fn new(limit: Duration) -> Arc<HostCallWatch> {
         origin();
         Arc::new(HostCallWatch {
-            entered: AtomicU64::new(0),
+            host_calls: AtomicU64::new(0),
+            inside: AtomicBool::new(false),
             limit,
-            polled: AtomicU64::new(0),
-            poll_began: AtomicU64::new(0),
+            started: AtomicU64::new(since_origin(Instant::now())),
+            waiting_since: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
             precise: AtomicBool::new(false),
+            polled: AtomicU64::new(0),
             poll_cpu_began: AtomicU64::new(0),
         })
     }
 
-    fn enter(&self, at: Instant) {
-        self.entered.store(since_origin(at), Ordering::Relaxed);
+    fn enter(&self) {
+        self.host_calls.fetch_add(1, Ordering::Relaxed);
+        self.inside.store(true, Ordering::Relaxed);
     }
 
     fn leave(&self) {
-        self.entered.store(0, Ordering::Relaxed);
+        self.inside.store(false, Ordering::Relaxed);
     }
 
-    /// How long the instance has been inside its current host call (zero when in none).
-    pub fn in_host_call_for(&self) -> Duration {
-        match self.entered.load(Ordering::Relaxed) {
-            0 => Duration::ZERO,
-            nanos => origin()
-                .elapsed()
-                .saturating_sub(Duration::from_nanos(nanos)),
-        }
+    /// Which host call the instance is inside right now, if any.
+    fn current_host_call(&self) -> Option<u64> {
+        // Read the count first: a call entered in between shows as another call.
+        let n = self.host_calls.load(Ordering::Relaxed);
+        self.inside.load(Ordering::Relaxed).then_some(n)
+    }
+
+    /// When the current (or last) export call began.
+    pub fn call_started(&self) -> Instant {
+        origin() + Duration::from_nanos(self.started.load(Ordering::Relaxed))
     }
 
     /// Runs an export call, abandoning it (an error, as if it trapped) when the instance
@@ -348,6 +349,10 @@ impl HostCallWatch {
         &self,
         call: impl Future<Output = wasmtime::Result<T>>,
     ) -> wasmtime::Result<T> {
+        self.started
+            .store(since_origin(Instant::now()), Ordering::Relaxed);
+        self.waiting_since.store(0, Ordering::Relaxed);
+        self.waited.store(0, Ordering::Relaxed);
         self.polled.store(0, Ordering::Relaxed);
         self.precise.store(false, Ordering::Relaxed);
         let call = self.timing_polls(call);
@@ -359,64 +364,81 @@ impl HostCallWatch {
         }
     }
 
-    /// How long the current export call has been running, for its CPU budget; call it only
-    /// from inside the call (the epoch callback). Until the first check, the wall time of
-    /// its polls: the wait for a turn after the epoch yield, long on a busy node, is not in
-    /// it. From the first check on, the thread's CPU time during its polls, which a machine
-    /// whose cores are taken by other work does not inflate either. Most calls end before
-    /// the first check and never read the thread clock (a system call).
+    /// How long the current export call has run, for its CPU budget; call it only from
+    /// inside the call (the epoch callback). Until the first check, its wall time less its
+    /// waits: neither a host call's I/O nor the wait for a turn after an epoch yield, long on
+    /// a busy node, is in it. From the first check on, the thread's CPU time during its
+    /// polls, which a machine whose cores are taken by other work does not inflate either.
+    /// Most calls end before the first check and never read the thread clock (a system
+    /// call).
     pub fn running_time(&self) -> Duration {
-        let finished = self.polled.load(Ordering::Relaxed);
-        let current = if self.precise.load(Ordering::Relaxed) {
-            thread_cpu_nanos().saturating_sub(self.poll_cpu_began.load(Ordering::Relaxed))
-        } else {
-            // Charge the wall time of this poll so far and measure the rest in CPU time.
-            let wall = match self.poll_began.load(Ordering::Relaxed) {
-                0 => 0,
-                began => since_origin(Instant::now()).saturating_sub(began),
-            };
-            self.polled.fetch_add(wall, Ordering::Relaxed);
-            self.poll_cpu_began
-                .store(thread_cpu_nanos(), Ordering::Relaxed);
-            self.precise.store(true, Ordering::Relaxed);
-            wall
-        };
-        Duration::from_nanos(finished.saturating_add(current))
+        if self.precise.load(Ordering::Relaxed) {
+            let current =
+                thread_cpu_nanos().saturating_sub(self.poll_cpu_began.load(Ordering::Relaxed));
+            return Duration::from_nanos(
+                self.polled.load(Ordering::Relaxed).saturating_add(current),
+            );
+        }
+        // Charge the wall time so far less the waits, and measure the rest in CPU time.
+        let wall = since_origin(Instant::now())
+            .saturating_sub(self.started.load(Ordering::Relaxed))
+            .saturating_sub(self.waited.load(Ordering::Relaxed));
+        self.polled.store(wall, Ordering::Relaxed);
+        self.poll_cpu_began
+            .store(thread_cpu_nanos(), Ordering::Relaxed);
+        self.precise.store(true, Ordering::Relaxed);
+        Duration::from_nanos(wall)
     }
 
-    /// Runs `call`, adding the time of each of its polls to [`Self::running_time`].
+    /// Runs `call`, keeping the account [`Self::running_time`] reads: when each wait began
+    /// and how long the waits took, and in precise mode the thread CPU time of each poll.
     async fn timing_polls<T>(&self, call: impl Future<Output = T>) -> T {
         let mut call = std::pin::pin!(call);
         std::future::poll_fn(|cx| {
-            let began = Instant::now();
+            let waiting_since = self.waiting_since.swap(0, Ordering::Relaxed);
+            if waiting_since != 0 {
+                let waited = since_origin(Instant::now()).saturating_sub(waiting_since);
+                self.waited.fetch_add(waited, Ordering::Relaxed);
+            }
             if self.precise.load(Ordering::Relaxed) {
                 self.poll_cpu_began
                     .store(thread_cpu_nanos(), Ordering::Relaxed);
-            } else {
-                self.poll_began
-                    .store(since_origin(began), Ordering::Relaxed);
             }
             let result = call.as_mut().poll(cx);
             // The call may have switched to CPU time during this poll.
-            let took = if self.precise.load(Ordering::Relaxed) {
-                thread_cpu_nanos().saturating_sub(self.poll_cpu_began.load(Ordering::Relaxed))
-            } else {
-                u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX)
-            };
-            self.poll_began.store(0, Ordering::Relaxed);
-            self.polled.fetch_add(took, Ordering::Relaxed);
+            if self.precise.load(Ordering::Relaxed) {
+                let took =
+                    thread_cpu_nanos().saturating_sub(self.poll_cpu_began.load(Ordering::Relaxed));
+                self.polled.fetch_add(took, Ordering::Relaxed);
+            }
+            if result.is_pending() {
+                self.waiting_since
+                    .store(since_origin(Instant::now()), Ordering::Relaxed);
+            }
             result
         })
         .await
     }
 
+    /// Returns once the instance has been inside one host call for longer than the limit:
+    /// it saw the same call at two checks at least `limit` apart (so it was inside longer;
+    /// at most two check intervals longer).
     async fn blocked_too_long(&self) {
         let every = (self.limit / 8).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let mut seen: Option<(u64, Instant)> = None;
         loop {
             tokio::time::sleep(every).await;
-            if self.in_host_call_for() > self.limit {
-                return;
-            }
+            let now = Instant::now();
+            seen = match (self.current_host_call(), seen) {
+                (Some(call), Some((same, since))) if call == same => {
+                    if now.duration_since(since) > self.limit {
+                        return;
+                    }
+                    Some((same, since))
+                }
+                (Some(call), _) => Some((call, now)),
+                (None, _) => None,
+            };
         }
     }
 }
@@ -504,5 +526,55 @@ mod tests {
         assert!(limiter.table_growing(10, 100, None).unwrap());
         assert!(!limiter.table_growing(100, 101, None).unwrap());
         assert_eq!(metrics.limits.table.get(), 1);
+    }
+
+    /// A call that stays inside one host call past the limit is abandoned; one that makes
+    /// many short host calls for longer than the limit in all is not.
+    #[tokio::test]
+    async fn only_a_call_stuck_in_one_host_call_is_abandoned() {
+        let limit = Duration::from_millis(60);
+        let watch = HostCallWatch::new(limit);
+        let stuck = watch.bound(async {
+            watch.enter();
+            tokio::time::sleep(limit * 4).await;
+            watch.leave();
+            Ok(())
+        });
+        let started = Instant::now();
+        let err = stuck.await.unwrap_err();
+        assert!(err.downcast_ref::<HostCallTooLong>().is_some(), "{err:#}");
+        assert!(
+            started.elapsed() < limit * 3,
+            "abandoned soon after the limit"
+        );
+
+        let busy = watch.bound(async {
+            for _ in 0..20 {
+                watch.enter();
+                tokio::time::sleep(limit / 6).await;
+                watch.leave();
+            }
+            Ok(())
+        });
+        busy.await
+            .expect("many short host calls are not one long one");
+    }
+
+    /// Time the call spends waiting (not polled) is not charged; time it is polled is.
+    #[tokio::test]
+    async fn a_call_is_charged_the_time_it_runs_not_the_time_it_waits() {
+        let watch = HostCallWatch::new(Duration::from_secs(5));
+        let charged = watch
+            .bound(async {
+                tokio::time::sleep(Duration::from_millis(80)).await;
+                std::thread::sleep(Duration::from_millis(20));
+                Ok(watch.running_time())
+            })
+            .await
+            .unwrap();
+        assert!(
+            charged >= Duration::from_millis(20) && charged < Duration::from_millis(70),
+            "charged {charged:?} for 20 ms of work and 80 ms of waiting"
+        );
     }
 }

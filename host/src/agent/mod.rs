@@ -17,7 +17,7 @@ mod supervisor;
 pub mod upgrade;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
@@ -107,19 +107,12 @@ impl FilesDir {
 }
 
 /// State of the export call in progress: what the host needs to check calls and to bound
-/// the agent's CPU time (wall time minus time spent waiting in host calls).
+/// the agent's CPU time.
 pub struct Turn {
     /// Reply-to of the message being handled: the agent may always publish there.
     pub reply_to: Option<String>,
     /// Whether the agent replied in this call (one reply is not charged to its publish rate).
     pub replied: bool,
-    pub started: Instant,
-    /// Time the capability modules spent waiting on backends in this call. Components'
-    /// host time is measured for every host call by the call hook (`clock`); this is what
-    /// native handlers, which make no host calls, are credited with.
-    pub host_time: Duration,
-    /// Host time of this call as the call hook measured it (see [`limits::call_hook`]).
-    pub clock: limits::HostClock,
     pub cpu_budget: Duration,
 }
 
@@ -128,20 +121,8 @@ impl Turn {
         Turn {
             reply_to: None,
             replied: false,
-            started: Instant::now(),
-            host_time: Duration::ZERO,
-            clock: limits::HostClock::default(),
             cpu_budget: Duration::MAX,
         }
-    }
-
-    /// Wall time of this call so far minus its host time. The hook's measure covers the
-    /// capability modules' own (it times every host call), so the larger of the two is the
-    /// host time. An upper bound of the guest's CPU; see [`AgentStore::cpu_used`].
-    pub fn wall_minus_host(&self) -> Duration {
-        self.started
-            .elapsed()
-            .saturating_sub(self.host_time.max(self.clock.spent))
     }
 }
 
@@ -158,13 +139,12 @@ pub struct AgentStore {
 }
 
 impl AgentStore {
-    /// The guest CPU time charged to the current call against `[limits] cpu_ms_per_message`:
-    /// the smaller of two upper bounds, wall time minus host time and the time the call ran
-    /// (thread CPU time from its first epoch check on). Neither the waits on the host nor
-    /// the waits for a turn on a busy node or machine are charged; what the host does
-    /// synchronously inside the call may be.
+    /// The guest CPU time charged to the current call against `[limits] cpu_ms_per_message`
+    /// (see [`limits::HostCallWatch::running_time`]): neither the waits on the host nor the
+    /// waits for a turn on a busy node or machine are charged; what the host does
+    /// synchronously inside the call is.
     pub fn cpu_used(&self) -> Duration {
-        self.turn.wall_minus_host().min(self.watch.running_time())
+        self.watch.running_time()
     }
 }
 

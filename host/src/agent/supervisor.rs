@@ -78,9 +78,9 @@ impl Runner {
             .as_mut()
             .expect("a live instance between restarts");
         live.begin_turn(msg.reply_to.clone(), p.limits.cpu_per_message);
-        let started = live.turn_started();
         let result = live.call_handle(msg).await;
-        p.metrics.latency.observe(started.elapsed().as_secs_f64());
+        let took = live.call_started().elapsed();
+        p.metrics.latency.observe(took.as_secs_f64());
         match result {
             Ok(Ok(())) => {
                 p.metrics.handled.inc();

@@ -8,12 +8,12 @@
 //! it can handle, instead of holding the instance until the host-call watch abandons it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::component::{HasData, Linker};
 
 use super::HostResult;
-use crate::agent::{AgentStore, Turn};
+use crate::agent::AgentStore;
 use crate::bindings::agent::host::kv::{self, CasOutcome, Entry};
 use crate::bindings::WitError;
 use crate::storage::{self, KvBackend, KvError, Quota};
@@ -49,7 +49,6 @@ fn wit_error(e: KvError) -> WitError {
 
 pub struct KvView<'a> {
     ctx: &'a KvCtx,
-    turn: &'a mut Turn,
 }
 
 struct KvData;
@@ -59,13 +58,7 @@ impl HasData for KvData {
 }
 
 pub fn add_to_linker(linker: &mut Linker<AgentStore>) -> wasmtime::Result<()> {
-    kv::add_to_linker::<AgentStore, KvData>(linker, |s| {
-        let AgentStore { caps, turn, .. } = s;
-        KvView {
-            ctx: &caps.kv,
-            turn,
-        }
-    })
+    kv::add_to_linker::<AgentStore, KvData>(linker, |s| KvView { ctx: &s.caps.kv })
 }
 
 impl KvView<'_> {
@@ -75,7 +68,6 @@ impl KvView<'_> {
         &mut self,
         f: impl std::future::Future<Output = Result<T, KvError>>,
     ) -> Result<T, WitError> {
-        let started = Instant::now();
         let r = match super::within(self.ctx.timeout, f).await {
             Some(r) => r.map_err(wit_error),
             None => Err(super::timed_out(
@@ -84,7 +76,6 @@ impl KvView<'_> {
                 self.ctx.timeout,
             )),
         };
-        self.turn.host_time += started.elapsed();
         r
     }
 }

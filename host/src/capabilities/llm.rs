@@ -12,7 +12,7 @@ use std::time::Instant;
 use wasmtime::component::{HasData, Linker};
 
 use super::{deny, HostResult};
-use crate::agent::{AgentStore, Identity, Turn};
+use crate::agent::{AgentStore, Identity};
 use crate::bindings::agent::host::llm::{self, ChatMessage, Completion, Options};
 use crate::bindings::WitError;
 use crate::llm::{AgentLlm, LlmService, Request, Response};
@@ -176,18 +176,15 @@ fn check_request(r: &Request) -> Result<(), WitError> {
     }
 }
 
-/// The llm import as seen from one call: the agent's context and its current turn.
+/// The llm import as seen from one call: the agent's context.
 pub struct LlmView<'a> {
     ctx: &'a LlmCtx,
-    turn: &'a mut Turn,
 }
 
 impl<'a> LlmView<'a> {
     pub fn of(store: &'a mut AgentStore) -> LlmView<'a> {
-        let AgentStore { caps, turn, .. } = store;
         LlmView {
-            ctx: &caps.llm,
-            turn,
+            ctx: &store.caps.llm,
         }
     }
 }
@@ -209,12 +206,10 @@ impl llm::Host for LlmView<'_> {
         messages: Vec<ChatMessage>,
         options: Options,
     ) -> HostResult<Completion> {
-        let started = Instant::now();
         let result = self
             .ctx
             .complete(&model, Request::Chat { messages, options })
             .await;
-        self.turn.host_time += started.elapsed();
         Ok(result)
     }
 
@@ -224,12 +219,10 @@ impl llm::Host for LlmView<'_> {
         prompt: String,
         options: Options,
     ) -> HostResult<Completion> {
-        let started = Instant::now();
         let result = self
             .ctx
             .complete(&model, Request::Generate { prompt, options })
             .await;
-        self.turn.host_time += started.elapsed();
         Ok(result)
     }
 
@@ -237,7 +230,6 @@ impl llm::Host for LlmView<'_> {
         if inputs.is_empty() {
             return Ok(self.ctx.check_model(&model).map(|_| Vec::new()));
         }
-        let started = Instant::now();
         let result = match self.ctx.call(&model, Request::Embed { inputs }).await {
             Ok(Response::Embeddings { vectors, .. }) => Ok(vectors),
             Ok(Response::Text { .. }) => Err(WitError::Internal(
@@ -245,7 +237,6 @@ impl llm::Host for LlmView<'_> {
             )),
             Err(e) => Err(e),
         };
-        self.turn.host_time += started.elapsed();
         Ok(result)
     }
 }

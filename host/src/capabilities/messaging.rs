@@ -6,7 +6,7 @@
 //! its publish rate (`[limits] publish_per_second`, see [`super::rate`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use wasmtime::component::{HasData, Linker};
@@ -378,11 +378,9 @@ impl messaging::Host for MessagingView<'_> {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
         };
-        let started = Instant::now();
         let result = ctx
             .request_one(subject, headers, payload, ctx.timeout(timeout_ms))
             .await;
-        self.turn.host_time += started.elapsed();
         Ok(result)
     }
 
@@ -418,9 +416,7 @@ impl messaging::Host for MessagingView<'_> {
                 }
             }
         });
-        let started = Instant::now();
         let results = futures::future::join_all(calls).await;
-        self.turn.host_time += started.elapsed();
         Ok(results)
     }
 }

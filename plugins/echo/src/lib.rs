@@ -6,7 +6,7 @@ struct Echo;
 
 impl Agent for Echo {
     fn handle(&mut self, msg: Message) -> Result<()> {
-        msg.reply(msg.payload.clone())
+        msg.reply(&msg.payload)
     }
 }
 
