@@ -370,43 +370,10 @@ async fn main() {
         native_writes.push(native.writes);
         raw_writes.push(raw.writes);
     }
-    if quick {
-        emit("nats_ratio_vs_raw", median(ratios), "ratio");
-        emit("nats_process_cpu_us_per_request", median(host_cpu), "us");
-        emit("raw_nats_process_cpu_us_per_request", median(raw_cpu), "us");
-        emit(
-            "nats_server_cpu_us_per_request",
-            median(host_server_cpu),
-            "us",
-        );
-        emit(
-            "raw_nats_server_cpu_us_per_request",
-            median(raw_server_cpu),
-            "us",
-        );
-        node.shutdown().await;
-        return;
-    }
-    emit("nats_msgs_per_s", median(host_rates), "msg/s");
-    emit("raw_nats_msgs_per_s", median(raw_rates), "msg/s");
-    emit("nats_native_msgs_per_s", median(native_rates), "msg/s");
     // Medians of the per-round ratios: each round runs host and raw back to back, so
     // machine noise hits both sides of a ratio alike.
     emit("nats_ratio_vs_raw", median(ratios), "ratio");
-    emit("nats_native_ratio_vs_raw", median(native_ratios), "ratio");
-    emit(
-        "nats_ratio_vs_raw_with_agent_ref_header",
-        median(stamped_ratios),
-        "ratio",
-    );
-    // CPU of this process (requesters + responder side) per request: what the host adds
-    // over a raw responder, independent of how busy the rest of the machine is.
     emit("nats_process_cpu_us_per_request", median(host_cpu), "us");
-    emit(
-        "nats_native_process_cpu_us_per_request",
-        median(native_cpu),
-        "us",
-    );
     emit("raw_nats_process_cpu_us_per_request", median(raw_cpu), "us");
     // nats-server's CPU per request: a responder that replies one small write at a time
     // costs the server more than one whose replies gather into fewer writes.
@@ -418,6 +385,26 @@ async fn main() {
     emit(
         "raw_nats_server_cpu_us_per_request",
         median(raw_server_cpu),
+        "us",
+    );
+    if quick {
+        node.shutdown().await;
+        return;
+    }
+    emit("nats_msgs_per_s", median(host_rates), "msg/s");
+    emit("raw_nats_msgs_per_s", median(raw_rates), "msg/s");
+    emit("nats_native_msgs_per_s", median(native_rates), "msg/s");
+    emit("nats_native_ratio_vs_raw", median(native_ratios), "ratio");
+    emit(
+        "nats_ratio_vs_raw_with_agent_ref_header",
+        median(stamped_ratios),
+        "ratio",
+    );
+    // CPU of this process (requesters + responder side) per request: what the host adds
+    // over a raw responder, independent of how busy the rest of the machine is.
+    emit(
+        "nats_native_process_cpu_us_per_request",
+        median(native_cpu),
         "us",
     );
     // Thread switches of this process per request: the wake-ups a message costs.
