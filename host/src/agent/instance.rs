@@ -6,7 +6,7 @@ use std::time::Duration;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx};
 
-use super::limits::{call_hook, describe_trap, HostCallWatch, InstanceCounts, LimitHit, Limiter};
+use super::limits::{describe_trap, HostCallWatch, InstanceCounts, LimitHit, Limiter};
 use super::native::{NativeFactory, NativeGuest};
 use super::stdio::LogStream;
 use super::{AgentCaps, AgentStore, CpuBudgetExceeded, Turn};
@@ -207,7 +207,6 @@ pub async fn instantiate(
     };
     let mut store = Store::new(engine.wasmtime(), data);
     store.limiter(|s| &mut s.limits);
-    store.call_hook(call_hook);
     store.epoch_deadline_callback(|ctx| {
         let data = ctx.data();
         if data.cpu_used() > data.turn.cpu_budget {

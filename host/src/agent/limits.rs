@@ -21,11 +21,12 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use wasmtime::{CallHook, ResourceLimiter, StoreContextMut, StoreLimits};
+use wasmtime::{ResourceLimiter, StoreLimits};
 
-use super::{AgentStore, CpuBudgetExceeded};
+use super::CpuBudgetExceeded;
 use crate::telemetry::AgentMetrics;
 
 /// How many core instances, tables and memories one instance may create, and how many
@@ -234,18 +235,6 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-/// Runs on every transition between the guest and the host: tells the watch whether the
-/// instance is inside a host call, and which one (a count, not a clock: no clock read per
-/// host call).
-pub fn call_hook(ctx: StoreContextMut<'_, AgentStore>, hook: CallHook) -> wasmtime::Result<()> {
-    match hook {
-        CallHook::CallingHost => ctx.data().watch.enter(),
-        CallHook::ReturningFromHost => ctx.data().watch.leave(),
-        CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
-    }
-    Ok(())
-}
-
 /// CPU time the calling thread has used, in nanoseconds.
 fn thread_cpu_nanos() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
@@ -262,20 +251,19 @@ pub struct HostCallTooLong {
     pub limit: Duration,
 }
 
-/// Shared between an instance's store and whoever awaits its export calls: whether the
-/// instance is inside a host call, and how long the current call has run, readable while the
-/// call is in progress.
+/// Shared between an instance's store and whoever awaits its export calls: how long the
+/// current call has run, and how long it has been waiting, readable while the call is in
+/// progress.
 ///
 /// A call's future is pending only while the call waits: inside a host call waiting for I/O
 /// (a request, an LLM call, a WASI sleep) or for its next turn after an epoch yield. So the
 /// time it ran is its wall time less its waits, which costs a clock read at its start and
 /// one at each end of a wait; a call that finishes in one poll, the common case, reads the
-/// clock once.
+/// clock once. A wait for a turn ends as soon as the runtime polls the call again, so a
+/// wait longer than the limit is a host call that does not return: that is what the watch
+/// abandons, without a hook on every guest-host transition (a wasmtime call hook was the
+/// largest single cost of the component call on the message path).
 pub struct HostCallWatch {
-    /// Host calls the instance entered so far, and whether it is inside one now: the
-    /// watchdog sees the same call twice when the count did not move in between.
-    host_calls: AtomicU64,
-    inside: AtomicBool,
     limit: Duration,
     /// Nanoseconds since [`origin`] when the current export call began.
     started: AtomicU64,
@@ -309,8 +297,6 @@ impl HostCallWatch {
     pub fn new(limit: Duration) -> Arc<HostCallWatch> {
         origin();
         Arc::new(HostCallWatch {
-            host_calls: AtomicU64::new(0),
-            inside: AtomicBool::new(false),
             limit,
             started: AtomicU64::new(since_origin(Instant::now())),
             waiting_since: AtomicU64::new(0),
@@ -321,30 +307,21 @@ impl HostCallWatch {
         })
     }
 
-    fn enter(&self) {
-        self.host_calls.fetch_add(1, Ordering::Relaxed);
-        self.inside.store(true, Ordering::Relaxed);
-    }
-
-    fn leave(&self) {
-        self.inside.store(false, Ordering::Relaxed);
-    }
-
-    /// Which host call the instance is inside right now, if any.
-    fn current_host_call(&self) -> Option<u64> {
-        // Read the count first: a call entered in between shows as another call.
-        let n = self.host_calls.load(Ordering::Relaxed);
-        self.inside.load(Ordering::Relaxed).then_some(n)
-    }
-
     /// When the current (or last) export call began.
     pub fn call_started(&self) -> Instant {
         origin() + Duration::from_nanos(self.started.load(Ordering::Relaxed))
     }
 
-    /// Runs an export call, abandoning it (an error, as if it trapped) when the instance
-    /// stays inside one host call longer than the limit. Dropping the call unwinds the
+    /// Runs an export call, abandoning it (an error, as if it trapped) when it waits longer
+    /// than the limit in one go: blocked in a host call. Dropping the call unwinds the
     /// guest; the instance must not be used again.
+    ///
+    /// The watchdog is a timer armed when the call first waits, for the end of the limit
+    /// from the start of that wait. When it fires, the watch looks before polling the call:
+    /// if that wait is still going on, the call is abandoned; otherwise the timer is armed
+    /// again for the wait in progress after the poll. So a call that never waits never
+    /// starts a timer, and a stuck call is abandoned between one and two limits after its
+    /// stuck wait began.
     pub async fn bound<T>(
         &self,
         call: impl Future<Output = wasmtime::Result<T>>,
@@ -355,13 +332,32 @@ impl HostCallWatch {
         self.waited.store(0, Ordering::Relaxed);
         self.polled.store(0, Ordering::Relaxed);
         self.precise.store(false, Ordering::Relaxed);
-        let call = self.timing_polls(call);
-        // A call that finishes without waiting never starts the timer.
-        tokio::select! {
-            biased;
-            result = call => result,
-            () = self.blocked_too_long() => Err(HostCallTooLong { limit: self.limit }.into()),
-        }
+        let mut call = std::pin::pin!(call);
+        // The watchdog: its timer, and the start of the wait it was armed for.
+        let mut watchdog: Option<(std::pin::Pin<Box<tokio::time::Sleep>>, u64)> = None;
+        std::future::poll_fn(|cx| {
+            if let Some((timer, armed_for)) = watchdog.as_mut() {
+                if timer.as_mut().poll(cx).is_ready() {
+                    if self.waiting_since.load(Ordering::Relaxed) == *armed_for {
+                        return Poll::Ready(Err(HostCallTooLong { limit: self.limit }.into()));
+                    }
+                    watchdog = None;
+                }
+            }
+            let result = self.timed_poll(call.as_mut(), cx);
+            if result.is_pending() && watchdog.is_none() {
+                let since = self.waiting_since.load(Ordering::Relaxed);
+                let deadline = origin() + Duration::from_nanos(since) + self.limit;
+                let mut timer = Box::pin(tokio::time::sleep_until(deadline.into()));
+                // Registers the timer with this task; it cannot have expired yet.
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(HostCallTooLong { limit: self.limit }.into()));
+                }
+                watchdog = Some((timer, since));
+            }
+            result
+        })
+        .await
     }
 
     /// How long the current export call has run, for its CPU budget; call it only from
@@ -390,56 +386,35 @@ impl HostCallWatch {
         Duration::from_nanos(wall)
     }
 
-    /// Runs `call`, keeping the account [`Self::running_time`] reads: when each wait began
-    /// and how long the waits took, and in precise mode the thread CPU time of each poll.
-    async fn timing_polls<T>(&self, call: impl Future<Output = T>) -> T {
-        let mut call = std::pin::pin!(call);
-        std::future::poll_fn(|cx| {
-            let waiting_since = self.waiting_since.swap(0, Ordering::Relaxed);
-            if waiting_since != 0 {
-                let waited = since_origin(Instant::now()).saturating_sub(waiting_since);
-                self.waited.fetch_add(waited, Ordering::Relaxed);
-            }
-            if self.precise.load(Ordering::Relaxed) {
-                self.poll_cpu_began
-                    .store(thread_cpu_nanos(), Ordering::Relaxed);
-            }
-            let result = call.as_mut().poll(cx);
-            // The call may have switched to CPU time during this poll.
-            if self.precise.load(Ordering::Relaxed) {
-                let took =
-                    thread_cpu_nanos().saturating_sub(self.poll_cpu_began.load(Ordering::Relaxed));
-                self.polled.fetch_add(took, Ordering::Relaxed);
-            }
-            if result.is_pending() {
-                self.waiting_since
-                    .store(since_origin(Instant::now()), Ordering::Relaxed);
-            }
-            result
-        })
-        .await
-    }
-
-    /// Returns once the instance has been inside one host call for longer than the limit:
-    /// it saw the same call at two checks at least `limit` apart (so it was inside longer;
-    /// at most two check intervals longer).
-    async fn blocked_too_long(&self) {
-        let every = (self.limit / 8).clamp(Duration::from_millis(5), Duration::from_secs(1));
-        let mut seen: Option<(u64, Instant)> = None;
-        loop {
-            tokio::time::sleep(every).await;
-            let now = Instant::now();
-            seen = match (self.current_host_call(), seen) {
-                (Some(call), Some((same, since))) if call == same => {
-                    if now.duration_since(since) > self.limit {
-                        return;
-                    }
-                    Some((same, since))
-                }
-                (Some(call), _) => Some((call, now)),
-                (None, _) => None,
-            };
+    /// Polls `call` once, keeping the account [`Self::running_time`] reads: when each wait
+    /// began and how long the waits took, and in precise mode the thread CPU time of each
+    /// poll.
+    fn timed_poll<T>(
+        &self,
+        call: std::pin::Pin<&mut impl Future<Output = T>>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<T> {
+        let waiting_since = self.waiting_since.swap(0, Ordering::Relaxed);
+        if waiting_since != 0 {
+            let waited = since_origin(Instant::now()).saturating_sub(waiting_since);
+            self.waited.fetch_add(waited, Ordering::Relaxed);
         }
+        if self.precise.load(Ordering::Relaxed) {
+            self.poll_cpu_began
+                .store(thread_cpu_nanos(), Ordering::Relaxed);
+        }
+        let result = call.poll(cx);
+        // The call may have switched to CPU time during this poll.
+        if self.precise.load(Ordering::Relaxed) {
+            let took =
+                thread_cpu_nanos().saturating_sub(self.poll_cpu_began.load(Ordering::Relaxed));
+            self.polled.fetch_add(took, Ordering::Relaxed);
+        }
+        if result.is_pending() {
+            self.waiting_since
+                .store(since_origin(Instant::now()), Ordering::Relaxed);
+        }
+        result
     }
 }
 
@@ -528,16 +503,14 @@ mod tests {
         assert_eq!(metrics.limits.table.get(), 1);
     }
 
-    /// A call that stays inside one host call past the limit is abandoned; one that makes
-    /// many short host calls for longer than the limit in all is not.
+    /// A call that waits in one host call past the limit is abandoned; one that makes many
+    /// short waits for longer than the limit in all is not.
     #[tokio::test]
     async fn only_a_call_stuck_in_one_host_call_is_abandoned() {
         let limit = Duration::from_millis(60);
         let watch = HostCallWatch::new(limit);
         let stuck = watch.bound(async {
-            watch.enter();
             tokio::time::sleep(limit * 4).await;
-            watch.leave();
             Ok(())
         });
         let started = Instant::now();
@@ -550,14 +523,30 @@ mod tests {
 
         let busy = watch.bound(async {
             for _ in 0..20 {
-                watch.enter();
                 tokio::time::sleep(limit / 6).await;
-                watch.leave();
             }
             Ok(())
         });
         busy.await
             .expect("many short host calls are not one long one");
+    }
+
+    /// A call that yields for its turn (the epoch callback's yield) is polled again at once
+    /// and never looks blocked, however long it runs in all.
+    #[tokio::test]
+    async fn a_call_that_keeps_yielding_is_not_abandoned() {
+        let limit = Duration::from_millis(40);
+        let watch = HostCallWatch::new(limit);
+        let started = Instant::now();
+        watch
+            .bound(async {
+                while started.elapsed() < limit * 4 {
+                    tokio::task::yield_now().await;
+                }
+                Ok(())
+            })
+            .await
+            .expect("yielding is not blocking");
     }
 
     /// Time the call spends waiting (not polled) is not charged; time it is polled is.
