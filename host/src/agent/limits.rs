@@ -349,9 +349,11 @@ impl HostCallWatch {
                 let since = self.waiting_since.load(Ordering::Relaxed);
                 let deadline = origin() + Duration::from_nanos(since) + self.limit;
                 let mut timer = Box::pin(tokio::time::sleep_until(deadline.into()));
-                // Registers the timer with this task; it cannot have expired yet.
+                // Registers the timer with this task. Should the limit be shorter than the
+                // time since the wait began, look again at once rather than wait for a
+                // wake-up the spent timer will not send.
                 if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(HostCallTooLong { limit: self.limit }.into()));
+                    cx.waker().wake_by_ref();
                 }
                 watchdog = Some((timer, since));
             }
