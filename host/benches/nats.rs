@@ -11,7 +11,7 @@
 //! `NATS_BENCH_RUN_MS` (length of one timed run, 3000), `NATS_BENCH_ROUNDS` (rounds, 5),
 //! `NATS_BENCH_QUICK=1` (only the host and the raw responder, no durable run),
 //! `NATS_BENCH_DURABLE_ONLY=1` with `NATS_BENCH_DURABLE_RUNS=N` (only durable backlogs, to
-//! hunt consumer stalls). For a
+//! hunt consumer stalls; `NATS_BENCH_MAX_ACK_PENDING`, default 64, sets the pull batch). For a
 //! profiler: `NATS_BENCH_SOAK=SUBJECT` loads only that subject (`agent.to.echo.x`,
 //! `agent.to.native-echo.x`, `raw.echo`, `raw.echo.stamped`) for `NATS_BENCH_SECONDS`
 //! (20) and prints its rate and CPU per request. `RUST_LOG` turns on the node's log.
@@ -291,6 +291,9 @@ async fn main() {
     config.node.data_dir = dir.path().to_path_buf();
     config.http.listen = None;
     config.nats.url = Some(server.url());
+    // A durable consumer's pull batch is its max_ack_pending: a small one makes pull-request
+    // bookkeeping races frequent, for hunting consumer stalls.
+    config.nats.max_ack_pending = knob("NATS_BENCH_MAX_ACK_PENDING", 64) as u32;
     let node = Node::start(config).await.expect("node on NATS");
     node.load(LoadRequest {
         component: Some(wasm),
