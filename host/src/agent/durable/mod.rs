@@ -17,6 +17,7 @@
 //! The embedded bus keeps nothing, so a durable manifest there is refused at load.
 
 mod deliver;
+mod pulling;
 mod pump;
 mod replies;
 
@@ -26,7 +27,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, stream::Stream as JsStream, AckKind};
 use futures::stream::SelectAll;
-use futures::{Stream, StreamExt};
+use futures::Stream;
+use pulling::{PullError, PullFeed, PullSettings};
 use tokio::sync::{mpsc, OnceCell};
 
 use super::dedup::SeenIds;
@@ -43,8 +45,7 @@ pub use replies::{fingerprint, PendingRequests};
 /// The subjects the stream covers.
 const STREAM_SUBJECTS: &str = "agent.>";
 /// Idle heartbeat of a consumer's pull requests: a pull request the server no longer holds
-/// (a lost server, or the rare pull the server drops while the client still counts on it)
-/// is noticed within ~2 of these. A server that holds a pull sends one per interval while
+/// (a server that went away or restarted) is noticed within ~2 of these. A server that holds a pull sends one per interval while
 /// it has nothing to deliver: one small message a second per idle consumer.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long the check of a consumer's state after a missed heartbeat may take.
@@ -320,6 +321,8 @@ impl DurableDelivery {
             let feed = Feed {
                 via,
                 agent: identity.name.clone(),
+                client: self.client.clone(),
+                js: self.js.clone(),
                 stream: stream.clone(),
                 config,
                 batch: s.max_ack_pending as usize,
@@ -385,10 +388,12 @@ type FeedStream = Pin<Box<dyn Stream<Item = jetstream::Message> + Send>>;
 struct Feed {
     via: Via,
     agent: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
     stream: JsStream,
     config: pull::Config,
     batch: usize,
-    current: Option<pull::Stream>,
+    current: Option<PullFeed>,
     /// The consumer behind `current`, to ask the server about it.
     consumer: Option<jetstream::consumer::PullConsumer>,
     /// Pull afresh without waiting: the last stream was dropped because the server holds
@@ -412,12 +417,12 @@ impl Feed {
                 self.config.filter_subject
             )
         })?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(self.batch)
-            .heartbeat(PULL_HEARTBEAT)
-            .expires(PULL_EXPIRES)
-            .messages()
+        let settings = PullSettings {
+            batch: self.batch,
+            expires: PULL_EXPIRES,
+            heartbeat: PULL_HEARTBEAT,
+        };
+        let messages = PullFeed::open(&self.js, &self.client, &consumer, settings)
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
@@ -430,10 +435,10 @@ impl Feed {
         Ok(())
     }
 
-    /// After a missed heartbeat: whether the server still holds a pull request of this
-    /// consumer. It does when the heartbeat was missed only because nobody read the stream
-    /// for a while (the agent busy with a long message); it does not when the pull request
-    /// was lost, and then nothing more comes until a new one is sent. `None`: no answer.
+    /// After two heartbeat intervals of silence: whether the server still holds a pull
+    /// request of this consumer (a heartbeat late on a busy server); it does not when the
+    /// request was lost with a server that went away, and then nothing more comes until a
+    /// new one is sent. `None`: no answer.
     async fn server_holds_a_pull(&self) -> Option<bool> {
         let consumer = self.consumer.as_ref()?;
         let info = tokio::time::timeout(CONSUMER_INFO_TIMEOUT, consumer.get_info())
@@ -466,38 +471,29 @@ impl Feed {
                     continue;
                 };
                 match current.next().await {
-                    Some(Ok(m)) => return Some((m, feed)),
-                    Some(Err(e)) => {
-                        use pull::MessagesErrorKind as K;
-                        if e.kind() == K::MissingHeartbeat {
-                            // The server holds no pull request of ours (one was lost, or the
-                            // server is gone): pull afresh rather than wait for the client's
-                            // own recovery after the pull's expiry. Unless it does hold one
-                            // and nobody read the stream for a while.
-                            match feed.server_holds_a_pull().await {
-                                Some(true) => {
-                                    tracing::debug!(agent = %feed.agent, "durable consumer: heartbeat missed while the stream was not read; the server holds our pull request");
-                                }
-                                Some(false) => {
-                                    feed.current = None;
-                                    feed.repull_now = true;
-                                }
-                                None => {
-                                    tracing::warn!(agent = %feed.agent, "durable consumer: {e}, and the server does not answer; pulling afresh");
-                                    feed.current = None;
-                                }
+                    Ok(m) => return Some((m, feed)),
+                    Err(PullError::MissedHeartbeat(silence)) => {
+                        // The server holds no pull request of ours (a lost server, a lost
+                        // request): pull afresh. Unless it does hold one and simply had
+                        // nothing to send, heartbeats included, for a while.
+                        match feed.server_holds_a_pull().await {
+                            Some(true) => {
+                                tracing::debug!(agent = %feed.agent, "durable consumer: nothing for {silence:?}, yet the server holds our pull request");
                             }
-                            continue;
-                        }
-                        tracing::warn!(agent = %feed.agent, "durable consumer: {e}");
-                        if matches!(
-                            e.kind(),
-                            K::ConsumerDeleted | K::PushBasedConsumer | K::RequestLimitExceeded
-                        ) {
-                            feed.current = None;
+                            Some(false) => {
+                                feed.current = None;
+                                feed.repull_now = true;
+                            }
+                            None => {
+                                tracing::warn!(agent = %feed.agent, "durable consumer: nothing for {silence:?}, and the server does not answer; pulling afresh");
+                                feed.current = None;
+                            }
                         }
                     }
-                    None => feed.current = None,
+                    Err(e) => {
+                        tracing::warn!(agent = %feed.agent, "durable consumer: {e}; pulling afresh");
+                        feed.current = None;
+                    }
                 }
             }
         }))
