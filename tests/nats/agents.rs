@@ -140,7 +140,11 @@ async fn a_plain_nats_client_reaches_an_agent_by_inbox_and_by_agent_ref_and_read
     .await
     .expect("a reply within 5 s")
     .expect("the counter answers");
-    assert_eq!(&reply.payload[..], b"3", "the agent-ref request reaches the same counter");
+    assert_eq!(
+        &reply.payload[..],
+        b"3",
+        "the agent-ref request reaches the same counter"
+    );
     let headers = reply.headers.expect("the reply has headers");
     assert_eq!(
         headers.get("Agent-Ref").map(|v| v.as_str().to_string()),
