@@ -91,8 +91,9 @@ impl PullFeed {
         })
     }
 
-    /// The next message. Cancel-safe between requests: a request is counted before it is
-    /// sent, so a future dropped while sending at worst asks for a batch twice.
+    /// The next message. A future dropped while it sends a request may leave that request
+    /// counted but unsent; the silence check then notices within two heartbeat intervals
+    /// (the host drops a feed only with its whole pump, so this does not happen in use).
     pub async fn next(&mut self) -> Result<jetstream::Message, PullError> {
         let silence = self.settings.heartbeat * 2;
         loop {
