@@ -282,47 +282,48 @@ impl Runner {
             // passed, is taken at once: the select below registers a waker with every
             // source each time, a visible share of the message path under load.
             let due = wake_at.is_some_and(|at| at <= Instant::now());
-            let ready = match control.is_empty() && !due {
-                true => inbox.try_next(),
-                false => None,
+            let ready = if control.is_empty() && !due {
+                inbox.try_next()
+            } else {
+                None
             };
             let (msg, via) = if let Some(ready) = ready {
                 ready
             } else {
                 tokio::select! {
-                c = control.recv() => {
-                    match c {
-                        Some(Control::Stop(done)) => {
-                            if let Some(durable) = inbox.durable.take() {
-                                durable.close().await;
+                    c = control.recv() => {
+                        match c {
+                            Some(Control::Stop(done)) => {
+                                if let Some(durable) = inbox.durable.take() {
+                                    durable.close().await;
+                                }
+                                self.final_snapshot().await;
+                                self.parts.status.set_state(AgentState::Stopped);
+                                let _ = done.send(());
                             }
-                            self.final_snapshot().await;
-                            self.parts.status.set_state(AgentState::Stopped);
-                            let _ = done.send(());
+                            Some(request) => {
+                                self.control(request).await;
+                                continue;
+                            }
+                            None => self.parts.status.set_state(AgentState::Stopped),
                         }
-                        Some(request) => {
-                            self.control(request).await;
-                            continue;
-                        }
-                        None => self.parts.status.set_state(AgentState::Stopped),
-                    }
-                    return;
-                }
-                _ = sleep_until(wake_at) => {
-                    self.on_deadline().await;
-                    continue;
-                }
-                Some(m) = next_from(&mut inbox.legacy) => (m, Via::Legacy),
-                Some(m) = next_from(&mut inbox.agent_ref) => (m, Via::AgentRef),
-                Some(m) = next_from(&mut inbox.broadcast) => (m, Via::Broadcast),
-                Some(d) = next_durable(&mut inbox.durable) => {
-                    let durable = inbox.durable.as_mut().expect("a durable message comes from the durable inbox");
-                    if !self.deliver_durable(durable, d).await {
                         return;
                     }
-                    continue;
-                }
-                else => return,
+                    _ = sleep_until(wake_at) => {
+                        self.on_deadline().await;
+                        continue;
+                    }
+                    Some(m) = next_from(&mut inbox.legacy) => (m, Via::Legacy),
+                    Some(m) = next_from(&mut inbox.agent_ref) => (m, Via::AgentRef),
+                    Some(m) = next_from(&mut inbox.broadcast) => (m, Via::Broadcast),
+                    Some(d) = next_durable(&mut inbox.durable) => {
+                        let durable = inbox.durable.as_mut().expect("a durable message comes from the durable inbox");
+                        if !self.deliver_durable(durable, d).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    else => return,
                 }
             };
             if inbox.delivered_earlier(via, &msg.subject) {

@@ -62,21 +62,20 @@ pub fn add_to_linker(linker: &mut Linker<AgentStore>) -> wasmtime::Result<()> {
 }
 
 impl KvView<'_> {
-    /// Runs a backend call, counting its time as host time (not the agent's CPU budget),
-    /// and answering `timeout` when the backend does not answer within the bound.
+    /// Runs a backend call, answering `timeout` when the backend does not answer within
+    /// the bound.
     async fn timed<T>(
-        &mut self,
+        &self,
         f: impl std::future::Future<Output = Result<T, KvError>>,
     ) -> Result<T, WitError> {
-        let r = match super::within(self.ctx.timeout, f).await {
+        match super::within(self.ctx.timeout, f).await {
             Some(r) => r.map_err(wit_error),
             None => Err(super::timed_out(
                 &self.ctx.agent,
                 "a KV call ([defaults] host_call_timeout_ms)",
                 self.ctx.timeout,
             )),
-        };
-        r
+        }
     }
 }
 

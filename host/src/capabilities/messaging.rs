@@ -248,21 +248,12 @@ pub fn host_message_id() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let prefix = PREFIX.get_or_init(|| format!("{}-", uuid::Uuid::now_v7().simple()));
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // Digits written by hand: `format!` was a visible share of the message path.
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let mut id = String::with_capacity(prefix.len() + digits.len() - at);
+    // Not `format!`: its machinery was a visible share of the message path.
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(n);
+    let mut id = String::with_capacity(prefix.len() + digits.len());
     id.push_str(prefix);
-    id.extend(digits[at..].iter().map(|&d| char::from(d)));
+    id.push_str(digits);
     id
 }
 

@@ -45,8 +45,9 @@ pub use replies::{fingerprint, PendingRequests};
 /// The subjects the stream covers.
 const STREAM_SUBJECTS: &str = "agent.>";
 /// Idle heartbeat of a consumer's pull requests: a pull request the server no longer holds
-/// (a server that went away or restarted) is noticed within ~2 of these. A server that holds a pull sends one per interval while
-/// it has nothing to deliver: one small message a second per idle consumer.
+/// (a server that went away or restarted) is noticed within ~2 of these. A server that
+/// holds a pull sends one per interval while it has nothing to deliver: one small message a
+/// second per idle consumer.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long the check of a consumer's state after a missed heartbeat may take.
 const CONSUMER_INFO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -321,13 +322,11 @@ impl DurableDelivery {
             let feed = Feed {
                 via,
                 agent: identity.name.clone(),
-                client: self.client.clone(),
                 js: self.js.clone(),
                 stream: stream.clone(),
                 config,
                 batch: s.max_ack_pending as usize,
                 current: None,
-                consumer: None,
                 repull_now: false,
             };
             // Open once here so a bad setup fails the load instead of retrying forever.
@@ -388,14 +387,11 @@ type FeedStream = Pin<Box<dyn Stream<Item = jetstream::Message> + Send>>;
 struct Feed {
     via: Via,
     agent: String,
-    client: async_nats::Client,
     js: jetstream::Context,
     stream: JsStream,
     config: pull::Config,
     batch: usize,
     current: Option<PullFeed>,
-    /// The consumer behind `current`, to ask the server about it.
-    consumer: Option<jetstream::consumer::PullConsumer>,
     /// Pull afresh without waiting: the last stream was dropped because the server holds
     /// no pull request of ours, not because the server went away.
     repull_now: bool,
@@ -422,7 +418,7 @@ impl Feed {
             expires: PULL_EXPIRES,
             heartbeat: PULL_HEARTBEAT,
         };
-        let messages = PullFeed::open(&self.js, &self.client, &consumer, settings)
+        let messages = PullFeed::open(&self.js, consumer, settings)
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
@@ -431,31 +427,7 @@ impl Feed {
                 )
             })?;
         self.current = Some(messages);
-        self.consumer = Some(consumer);
         Ok(())
-    }
-
-    /// After two heartbeat intervals of silence: whether the server still holds a pull
-    /// request of this consumer (a heartbeat late on a busy server); it does not when the
-    /// request was lost with a server that went away, and then nothing more comes until a
-    /// new one is sent. `None`: no answer.
-    async fn server_holds_a_pull(&self) -> Option<bool> {
-        let consumer = self.consumer.as_ref()?;
-        let info = tokio::time::timeout(CONSUMER_INFO_TIMEOUT, consumer.get_info())
-            .await
-            .ok()?
-            .ok()?;
-        if info.num_waiting == 0 {
-            tracing::warn!(
-                agent = %self.agent,
-                consumer = %info.name,
-                waiting_pulls = info.num_waiting,
-                pending = info.num_pending,
-                unacked = info.num_ack_pending,
-                "durable consumer: the server holds no pull request of ours while the client counts on one (the heartbeats stopped); pulling afresh"
-            );
-        }
-        Some(info.num_waiting > 0)
     }
 
     fn into_stream(self) -> FeedStream {
@@ -476,7 +448,10 @@ impl Feed {
                         // The server holds no pull request of ours (a lost server, a lost
                         // request): pull afresh. Unless it does hold one and simply had
                         // nothing to send, heartbeats included, for a while.
-                        match feed.server_holds_a_pull().await {
+                        match current
+                            .server_holds_a_pull(&feed.agent, CONSUMER_INFO_TIMEOUT)
+                            .await
+                        {
                             Some(true) => {
                                 tracing::debug!(agent = %feed.agent, "durable consumer: nothing for {silence:?}, yet the server holds our pull request");
                             }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use async_nats::{HeaderMap, StatusCode, Subject, Subscriber};
 use futures::StreamExt;
+use tracing::warn;
 
 /// Why a pull feed stopped giving messages.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,7 @@ pub(super) struct PullSettings {
 
 /// A consumer's pull subscription and the count of messages its requests still have due.
 pub(super) struct PullFeed {
+    consumer: PullConsumer,
     context: jetstream::Context,
     client: async_nats::Client,
     subscriber: Subscriber,
@@ -61,10 +63,10 @@ impl PullFeed {
     /// [`PullFeed::next`].
     pub async fn open(
         context: &jetstream::Context,
-        client: &async_nats::Client,
-        consumer: &PullConsumer,
+        consumer: PullConsumer,
         settings: PullSettings,
     ) -> Result<PullFeed, PullError> {
+        let client = context.client();
         let info = consumer.cached_info();
         let next_subject = format!(
             "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
@@ -80,8 +82,9 @@ impl PullFeed {
             "idle_heartbeat": nanos(settings.heartbeat),
         });
         Ok(PullFeed {
+            consumer,
             context: context.clone(),
-            client: client.clone(),
+            client,
             subscriber,
             inbox,
             next_subject,
@@ -114,14 +117,15 @@ impl PullFeed {
                     )));
                 }
             }
-            let message = match tokio::time::timeout(silence, self.subscriber.next()).await {
-                Err(_) => return Err(PullError::MissedHeartbeat(silence)),
-                Ok(None) => {
+            // A message already buffered, the common case under load, arms no timer.
+            let message = match crate::capabilities::within(silence, self.subscriber.next()).await {
+                None => return Err(PullError::MissedHeartbeat(silence)),
+                Some(None) => {
                     return Err(PullError::Connection(
                         "the consumer's subscription closed".into(),
                     ))
                 }
-                Ok(Some(message)) => message,
+                Some(Some(message)) => message,
             };
             match message.status {
                 None | Some(StatusCode::OK) => {
@@ -151,6 +155,30 @@ impl PullFeed {
                 }
             }
         }
+    }
+}
+
+impl PullFeed {
+    /// After two heartbeat intervals of silence: whether the server still holds a pull
+    /// request of this consumer (a heartbeat late on a busy server); it does not when the
+    /// request was lost with a server that went away, and then nothing more comes until a
+    /// new one is sent. `None`: no answer within `wait`.
+    pub async fn server_holds_a_pull(&self, agent: &str, wait: Duration) -> Option<bool> {
+        let info = tokio::time::timeout(wait, self.consumer.get_info())
+            .await
+            .ok()?
+            .ok()?;
+        if info.num_waiting == 0 {
+            warn!(
+                agent = %agent,
+                consumer = %info.name,
+                waiting_pulls = info.num_waiting,
+                pending = info.num_pending,
+                unacked = info.num_ack_pending,
+                "durable consumer: the server holds no pull request of ours while the client counts on one (the heartbeats stopped); pulling afresh"
+            );
+        }
+        Some(info.num_waiting > 0)
     }
 }
 
