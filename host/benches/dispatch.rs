@@ -125,6 +125,30 @@ fn main() {
         );
         emit("dispatch_handle_call_us_mean", sum / count * 1e6, "us");
 
+        // The `handle` export alone, on a live instance with no bus or runner around it:
+        // without a reply, and with one (the reply goes through the messaging capability).
+        for (metric, reply_to) in [
+            ("handle_call_isolated_us", None),
+            (
+                "handle_call_with_reply_isolated_us",
+                Some("_INBOX.isolated".to_string()),
+            ),
+        ] {
+            let msg = Message {
+                id: "1".into(),
+                subject: "agent.to.echo.ping".into(),
+                reply_to,
+                headers: Vec::new(),
+                payload: b"ping".to_vec(),
+            };
+            let mut samples = Vec::new();
+            for _ in 0..RUNS {
+                let mean = node.bench_handle("echo", &msg, MESSAGES).await.unwrap();
+                samples.push(mean.as_secs_f64() * 1e6);
+            }
+            emit(metric, median(samples), "us");
+        }
+
         // Round-trip latency of one request at a time.
         let mut rtt = Vec::new();
         for _ in 0..2000 {

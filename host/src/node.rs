@@ -469,6 +469,34 @@ impl Node {
         }
         Ok(out)
     }
+
+    /// For benchmarks: the `handle` export alone, on a fresh live instance of agent `name`
+    /// with no bus or runner around it; `n` calls of `msg`, mean time per call. With a
+    /// `reply_to` the agent's reply goes through the messaging capability to the bus.
+    pub async fn bench_handle(
+        &self,
+        name: &str,
+        msg: &crate::bindings::Message,
+        n: usize,
+    ) -> anyhow::Result<Duration> {
+        let (code, caps, limits) = {
+            let agents = self.agents.lock().await;
+            let a = agents
+                .get(name)
+                .ok_or_else(|| self.unknown_agent(name, &agents))?;
+            a.instance_parts()
+        };
+        let me = caps.runtime.identity.wit_ref();
+        let mut live =
+            crate::agent::instance::instantiate(&self.engine, &code, caps, limits).await?;
+        live.call_init(&me).await?.map_err(anyhow::Error::msg)?;
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            live.begin_turn(msg.reply_to.clone(), limits.cpu_per_message);
+            live.call_handle(msg).await?.map_err(anyhow::Error::msg)?;
+        }
+        Ok(started.elapsed() / n.max(1) as u32)
+    }
 }
 
 impl Node {
