@@ -7,6 +7,7 @@ use agent_host::bus::BusMessage;
 use agent_host::node::Node;
 use futures::StreamExt;
 
+use super::durable::ask;
 use super::nats_server::NatsServer;
 use super::transport::round_trip;
 use crate::support::{test_config, TestNode};
@@ -123,14 +124,11 @@ async fn a_plain_nats_client_reaches_an_agent_by_inbox_and_by_agent_ref_and_read
     client.flush().await.unwrap();
     // On the same subject NATS keeps order, so this request comes after the add. (Across two
     // of an agent's patterns it does not: each is its own subscription.)
-    let on_inbox = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.request("agent.to.counter.cmd", "get".into()),
-    )
-    .await
-    .expect("a reply within 5 s")
-    .expect("the counter answers on its inbox");
-    assert_eq!(&on_inbox.payload[..], b"3", "the published add came first");
+    assert_eq!(
+        ask(&client, "agent.to.counter.cmd", "get").await,
+        "3",
+        "the published add came first"
+    );
     // Request on the agent-ref subject; the reply names who answered.
     let subject = format!("agent.default.counter.{}.command.cmd", counter.id);
     let reply = tokio::time::timeout(
