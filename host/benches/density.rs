@@ -16,7 +16,7 @@ use agent_host::bus::BusMessage;
 use agent_host::config::NodeConfig;
 use agent_host::node::{LoadRequest, Node};
 use agent_host::telemetry::metrics::resident_memory_bytes;
-use common::{build_plugins, emit};
+use common::emit;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -29,7 +29,7 @@ fn main() {
     let agents = env_or("DENSITY_AGENTS", 10_000) as usize;
     let default_mib = NodeConfig::default().engine.max_memory >> 20;
     let max_memory = env_or("DENSITY_MAX_MEMORY_MIB", default_mib) << 20;
-    let echo = build_plugins().join("echo.wasm");
+    let echo = common::echo_wasm();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = NodeConfig::default();
     cfg.node.data_dir = dir.path().to_path_buf();

@@ -1,10 +1,15 @@
 //! `cargo bench --bench dispatch`: a message through the embedded bus into a Wasm echo agent
 //! and its reply back, against the same pipeline with a native Rust handler, plus the cost
 //! of instantiating an agent. Prints one JSON object per metric.
+//!
+//! `DISPATCH_BENCH_ISOLATED=N` runs only the `handle` export on a live instance, N calls
+//! without a reply and N with one, once each: short enough for
+//! `valgrind --tool=callgrind`, whose instruction counts do not depend on how busy the
+//! machine is (take two N and divide the difference for the cost of one call).
 
 mod common;
 
-use common::{build_plugins, emit, median};
+use common::{emit, median};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,7 +79,6 @@ impl NativeGuest for NativeEcho {
 }
 
 fn main() {
-    let dir = build_plugins();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,12 +91,23 @@ fn main() {
         cfg.engine.max_agents = 64;
         let node = Node::start(cfg).await.unwrap();
         node.load(LoadRequest {
-            component: Some(dir.join("echo.wasm")),
+            component: Some(common::echo_wasm()),
             manifest: None,
             name: Some("echo".into()),
         })
         .await
         .unwrap();
+        if let Some(calls) = std::env::var("DISPATCH_BENCH_ISOLATED")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            for (metric, msg) in isolated_messages() {
+                let mean = node.bench_handle("echo", &msg, calls).await.unwrap();
+                emit(metric, mean.as_secs_f64() * 1e6, "us");
+            }
+            node.shutdown().await;
+            return;
+        }
         let factory: NativeFactory = Arc::new(|| Box::new(NativeEcho) as Box<dyn NativeGuest>);
         node.load_native("native", factory).await.unwrap();
 
@@ -127,20 +142,7 @@ fn main() {
 
         // The `handle` export alone, on a live instance with no bus or runner around it:
         // without a reply, and with one (the reply goes through the messaging capability).
-        for (metric, reply_to) in [
-            ("handle_call_isolated_us", None),
-            (
-                "handle_call_with_reply_isolated_us",
-                Some("_INBOX.isolated".to_string()),
-            ),
-        ] {
-            let msg = Message {
-                id: "1".into(),
-                subject: "agent.to.echo.ping".into(),
-                reply_to,
-                headers: Vec::new(),
-                payload: b"ping".to_vec(),
-            };
+        for (metric, msg) in isolated_messages() {
             let mut samples = Vec::new();
             for _ in 0..RUNS {
                 let mean = node.bench_handle("echo", &msg, MESSAGES).await.unwrap();
@@ -173,4 +175,23 @@ fn main() {
 
         node.shutdown().await;
     });
+}
+
+/// The messages the isolated `handle` calls get: one asking for no reply, one with a reply
+/// subject (the reply goes through the messaging capability to the embedded bus).
+fn isolated_messages() -> [(&'static str, Message); 2] {
+    let message = |reply_to: Option<&str>| Message {
+        id: "1".into(),
+        subject: "agent.to.echo.ping".into(),
+        reply_to: reply_to.map(str::to_string),
+        headers: Vec::new(),
+        payload: b"ping".to_vec(),
+    };
+    [
+        ("handle_call_isolated_us", message(None)),
+        (
+            "handle_call_with_reply_isolated_us",
+            message(Some("_INBOX.isolated")),
+        ),
+    ]
 }

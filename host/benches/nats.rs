@@ -15,6 +15,8 @@
 //! profiler: `NATS_BENCH_SOAK=SUBJECT` loads only that subject (`agent.to.echo.x`,
 //! `agent.to.native-echo.x`, `raw.echo`, `raw.echo.stamped`) for `NATS_BENCH_SECONDS`
 //! (20) and prints its rate and CPU per request. `RUST_LOG` turns on the node's log.
+//! `NATS_BENCH_MAX_AGENTS` shrinks the node's instance pool (under valgrind, which cannot
+//! reserve the default pool's address space).
 
 mod common;
 #[path = "../../tests/support/nats.rs"]
@@ -31,7 +33,7 @@ use agent_host::bindings::Message;
 use agent_host::capabilities::messaging::MessagingView;
 use agent_host::config::NodeConfig;
 use agent_host::node::{LoadRequest, Node};
-use common::{build_plugins, emit, median};
+use common::{emit, median};
 use futures::StreamExt;
 
 /// Requesters in flight at once (each waits for its reply before the next request), how
@@ -206,7 +208,7 @@ async fn durable_bench(node: &Node, client: &async_nats::Client, dir: &std::path
     )
     .unwrap();
     node.load(LoadRequest {
-        component: Some(build_plugins().join("echo.wasm")),
+        component: Some(common::echo_wasm()),
         manifest: Some(manifest),
         name: None,
     })
@@ -254,7 +256,7 @@ async fn main() {
     let Some(server) = nats_server::NatsServer::start("cargo bench --bench nats") else {
         return;
     };
-    let wasm = build_plugins().join("echo.wasm");
+    let wasm = common::echo_wasm();
 
     // The raw baseline: a plain async-nats echo responder, one message at a time like an agent.
     let raw = async_nats::connect(server.url()).await.unwrap();
@@ -294,6 +296,14 @@ async fn main() {
     // A durable consumer's pull batch is its max_ack_pending: a small one makes pull-request
     // bookkeeping races frequent, for hunting consumer stalls.
     config.nats.max_ack_pending = knob("NATS_BENCH_MAX_ACK_PENDING", 64) as u32;
+    // A smaller instance pool reserves less address space (valgrind cannot reserve the
+    // default one); it changes nothing on the message path.
+    if let Some(agents) = std::env::var("NATS_BENCH_MAX_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.engine.max_agents = agents;
+    }
     let node = Node::start(config).await.expect("node on NATS");
     node.load(LoadRequest {
         component: Some(wasm),

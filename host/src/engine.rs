@@ -86,6 +86,11 @@ impl Engine {
         config.epoch_interruption(true);
         // WASIp3 async exports are not used; without them an export call is ~4x cheaper.
         config.concurrency_support(false);
+        // For profiling: `perf` (and a perf map reader) then names each guest function
+        // (`wasm[0]::function[50]::agent:host/guest@0.1.0#handle`) instead of a bare address.
+        if std::env::var_os("AGENT_HOST_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let max_memory = settings.max_memory;
         let instances = settings
             .max_agents

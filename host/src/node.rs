@@ -493,7 +493,7 @@ impl Node {
         live.call_init(&me).await?.map_err(anyhow::Error::msg)?;
         let started = std::time::Instant::now();
         for _ in 0..n {
-            live.begin_turn(msg.reply_to.clone(), limits.cpu_per_message);
+            live.begin_turn(msg.reply_to.as_deref(), limits.cpu_per_message);
             live.call_handle(msg).await?.map_err(anyhow::Error::msg)?;
         }
         Ok(started.elapsed() / n.max(1) as u32)

@@ -25,7 +25,7 @@ pub fn init<A: Agent>(me: AgentRef) -> Result<(), String> {
 }
 
 pub fn handle<A: Agent>(msg: Message) -> Result<(), String> {
-    crate::message::set_current_reply_to(msg.reply_to.clone());
+    crate::message::set_current_reply_to(msg.reply_to.as_deref());
     with_agent::<A, _>(|a| a.handle(msg)).map_err(|e| e.to_string())
 }
 

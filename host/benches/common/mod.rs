@@ -38,3 +38,12 @@ pub fn build_plugins() -> PathBuf {
     assert!(status.success(), "building plugins failed");
     plugins.join("target/wasm32-wasip2/release")
 }
+
+/// The echo component a benchmark loads: `BENCH_ECHO_WASM` when set (to compare two builds of
+/// it in one sitting, e.g. another opt-level or SDK), else the one built from `plugins/echo`.
+pub fn echo_wasm() -> PathBuf {
+    match std::env::var_os("BENCH_ECHO_WASM") {
+        Some(path) => PathBuf::from(path),
+        None => build_plugins().join("echo.wasm"),
+    }
+}

@@ -133,11 +133,11 @@ impl Live {
 
 impl Live {
     /// Opens a turn: sets what host calls check against and arms the CPU deadline.
-    pub fn begin_turn(&mut self, reply_to: Option<String>, budget: Duration) {
+    pub fn begin_turn(&mut self, reply_to: Option<&str>, budget: Duration) {
         let data = self.store.data_mut();
         data.limits.begin_turn();
         let turn = &mut data.turn;
-        turn.reply_to = reply_to;
+        turn.set_reply_to(reply_to);
         turn.replied = false;
         turn.cpu_budget = budget;
         self.store.set_epoch_deadline(1);

@@ -109,8 +109,10 @@ impl FilesDir {
 /// State of the export call in progress: what the host needs to check calls and to bound
 /// the agent's CPU time.
 pub struct Turn {
-    /// Reply-to of the message being handled: the agent may always publish there.
-    pub reply_to: Option<String>,
+    /// Reply-to of the message being handled (the agent may always publish there), in a
+    /// buffer kept across turns so a turn costs no allocation for it.
+    reply_to: String,
+    has_reply_to: bool,
     /// Whether the agent replied in this call (one reply is not charged to its publish rate).
     pub replied: bool,
     pub cpu_budget: Duration,
@@ -119,10 +121,22 @@ pub struct Turn {
 impl Turn {
     fn idle() -> Turn {
         Turn {
-            reply_to: None,
+            reply_to: String::new(),
+            has_reply_to: false,
             replied: false,
             cpu_budget: Duration::MAX,
         }
+    }
+
+    /// The reply subject of the message being handled, if it asked for a reply.
+    pub fn reply_to(&self) -> Option<&str> {
+        self.has_reply_to.then_some(self.reply_to.as_str())
+    }
+
+    fn set_reply_to(&mut self, reply_to: Option<&str>) {
+        self.reply_to.clear();
+        self.reply_to.push_str(reply_to.unwrap_or_default());
+        self.has_reply_to = reply_to.is_some();
     }
 }
 

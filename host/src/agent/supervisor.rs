@@ -77,7 +77,7 @@ impl Runner {
             .live
             .as_mut()
             .expect("a live instance between restarts");
-        live.begin_turn(msg.reply_to.clone(), p.limits.cpu_per_message);
+        live.begin_turn(msg.reply_to.as_deref(), p.limits.cpu_per_message);
         let result = live.call_handle(msg).await;
         let took = live.call_started().elapsed();
         p.metrics.latency.observe(took.as_secs_f64());

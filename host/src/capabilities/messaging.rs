@@ -50,7 +50,7 @@ impl MessagingCtx {
     fn check_publish(&self, subject: &str, turn: &Turn) -> Result<(), WitError> {
         // The reply subject of the message being handled came in through the bus, which
         // carries only valid subjects (the transport checks again before sending).
-        if turn.reply_to.as_deref() == Some(subject) {
+        if turn.reply_to() == Some(subject) {
             return Ok(());
         }
         subjects::validate_subject(subject).map_err(WitError::Invalid)?;
@@ -107,7 +107,7 @@ impl MessagingCtx {
 
     /// Charges one message to the publish rate, except the first reply of the turn.
     fn charge(&self, subject: &str, turn: &mut Turn) -> Result<(), WitError> {
-        if !turn.replied && turn.reply_to.as_deref() == Some(subject) {
+        if !turn.replied && turn.reply_to() == Some(subject) {
             turn.replied = true;
             return Ok(());
         }
