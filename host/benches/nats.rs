@@ -15,8 +15,9 @@
 //! profiler: `NATS_BENCH_SOAK=SUBJECT` loads only that subject (`agent.to.echo.x`,
 //! `agent.to.native-echo.x`, `raw.echo`, `raw.echo.stamped`) for `NATS_BENCH_SECONDS`
 //! (20) and prints its rate and CPU per request. `RUST_LOG` turns on the node's log.
-//! `NATS_BENCH_MAX_AGENTS` shrinks the node's instance pool (under valgrind, which cannot
-//! reserve the default pool's address space).
+//! `NATS_BENCH_REQUESTERS` sets the requests in flight (32). `NATS_BENCH_MAX_AGENTS` shrinks
+//! the node's instance pool (under valgrind, which cannot reserve the default pool's address
+//! space).
 
 mod common;
 #[path = "../../tests/support/nats.rs"]
@@ -141,16 +142,31 @@ struct Run {
     writes: f64,
 }
 
-/// Requests/s answered on `subject` with REQUESTERS concurrent requesters on one connection,
+/// Requests/s answered on `subject` with [`requesters`] concurrent requesters on one connection,
 /// the latencies, and the CPU µs per request of this process and of the server (`server`:
 /// its pid).
 async fn load(client: &async_nats::Client, subject: &'static str, server: &str) -> Run {
+    load_with(client, subject, server, requesters()).await
+}
+
+/// Requests in flight of the recorded run (`NATS_BENCH_REQUESTERS`, else REQUESTERS).
+fn requesters() -> u64 {
+    knob("NATS_BENCH_REQUESTERS", REQUESTERS as u64)
+}
+
+/// [`load`] with `requesters` requests in flight.
+async fn load_with(
+    client: &async_nats::Client,
+    subject: &'static str,
+    server: &str,
+    requesters: u64,
+) -> Run {
     let cpu_before = process_cpu("self");
     let server_before = process_cpu(server);
     let switches_before = context_switches();
     let writes_before = write_calls();
     let until = Instant::now() + run_length();
-    let tasks = (0..REQUESTERS).map(|_| {
+    let tasks = (0..requesters).map(|_| {
         let client = client.clone();
         tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -327,6 +343,22 @@ async fn main() {
         return;
     }
     if knob("NATS_BENCH_DURABLE_ONLY", 0) == 1 {
+        // The same ratio under a lighter and a heavier load: how the host's cost per message
+        // weighs as the machine moves from waiting on round trips to being CPU-bound.
+        for in_flight in [8, 128] {
+            let mut ratios = Vec::new();
+            for _ in 0..3 {
+                let host = load_with(&client, "agent.to.echo.x", pid, in_flight).await;
+                let raw = load_with(&client, "raw.echo", pid, in_flight).await;
+                ratios.push(host.per_s / raw.per_s);
+            }
+            emit(
+                &format!("nats_ratio_vs_raw_{in_flight}_in_flight"),
+                median(ratios),
+                "ratio",
+            );
+        }
+
         durable_bench(&node, &client, dir.path()).await;
         node.shutdown().await;
         return;
@@ -468,6 +500,22 @@ async fn main() {
         common::percentile(&mut raw_lat, 0.99),
         "us",
     );
+
+    // The same ratio under a lighter and a heavier load: how the host's cost per message
+    // weighs as the machine moves from waiting on round trips to being CPU-bound.
+    for in_flight in [8, 128] {
+        let mut ratios = Vec::new();
+        for _ in 0..3 {
+            let host = load_with(&client, "agent.to.echo.x", pid, in_flight).await;
+            let raw = load_with(&client, "raw.echo", pid, in_flight).await;
+            ratios.push(host.per_s / raw.per_s);
+        }
+        emit(
+            &format!("nats_ratio_vs_raw_{in_flight}_in_flight"),
+            median(ratios),
+            "ratio",
+        );
+    }
 
     durable_bench(&node, &client, dir.path()).await;
 
