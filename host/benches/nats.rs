@@ -343,22 +343,6 @@ async fn main() {
         return;
     }
     if knob("NATS_BENCH_DURABLE_ONLY", 0) == 1 {
-        // The same ratio under a lighter and a heavier load: how the host's cost per message
-        // weighs as the machine moves from waiting on round trips to being CPU-bound.
-        for in_flight in [8, 128] {
-            let mut ratios = Vec::new();
-            for _ in 0..3 {
-                let host = load_with(&client, "agent.to.echo.x", pid, in_flight).await;
-                let raw = load_with(&client, "raw.echo", pid, in_flight).await;
-                ratios.push(host.per_s / raw.per_s);
-            }
-            emit(
-                &format!("nats_ratio_vs_raw_{in_flight}_in_flight"),
-                median(ratios),
-                "ratio",
-            );
-        }
-
         durable_bench(&node, &client, dir.path()).await;
         node.shutdown().await;
         return;
