@@ -89,6 +89,15 @@ fn main() {
         cfg.node.data_dir = tmp.path().to_path_buf();
         cfg.http.listen = None;
         cfg.engine.max_agents = 64;
+        let isolated = std::env::var("DISPATCH_BENCH_ISOLATED")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok());
+        if isolated.is_some() {
+            // Under valgrind a call runs ~50x slower, so epoch ticks would land inside calls;
+            // the CPU check they run reads the thread clock through rustix's vDSO, which
+            // valgrind does not map. Echo is far from any CPU budget: no ticks needed.
+            cfg.engine.epoch_tick_ms = 60_000;
+        }
         let node = Node::start(cfg).await.unwrap();
         node.load(LoadRequest {
             component: Some(common::echo_wasm()),
@@ -97,10 +106,7 @@ fn main() {
         })
         .await
         .unwrap();
-        if let Some(calls) = std::env::var("DISPATCH_BENCH_ISOLATED")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-        {
+        if let Some(calls) = isolated {
             for (metric, msg) in isolated_messages() {
                 let mean = node.bench_handle("echo", &msg, calls).await.unwrap();
                 emit(metric, mean.as_secs_f64() * 1e6, "us");
