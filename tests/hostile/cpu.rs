@@ -133,12 +133,20 @@ async fn an_agent_on_a_machine_whose_cores_are_taken_is_charged_its_cpu_not_the_
     t.load("hostile", "worker", &worker("worker")).await;
     let rounds = rounds_taking(&t, "worker", 0.060).await;
 
-    let hogs = CoreHogs::start(6);
-    let mut quickest = Duration::MAX;
-    for _ in 0..3 {
-        quickest = quickest.min(timed_work(&t, "worker", rounds).await);
+    // More hogs when these did not slow the agent enough: the calibration above may have run
+    // on a machine that was already busy, which leaves the agent less work than intended.
+    let mut quickest = Duration::ZERO;
+    for hogs_per_core in [6, 12, 24] {
+        let hogs = CoreHogs::start(hogs_per_core);
+        quickest = Duration::MAX;
+        for _ in 0..3 {
+            quickest = quickest.min(timed_work(&t, "worker", rounds).await);
+        }
+        drop(hogs);
+        if quickest > Duration::from_millis(250) {
+            break;
+        }
     }
-    drop(hogs);
     assert!(
         quickest > Duration::from_millis(250),
         "the other work slowed the agent past its 200 ms budget ({quickest:?}), or this test shows nothing"
