@@ -15,9 +15,10 @@
 //! profiler: `NATS_BENCH_SOAK=SUBJECT` loads only that subject (`agent.to.echo.x`,
 //! `agent.to.native-echo.x`, `raw.echo`, `raw.echo.stamped`) for `NATS_BENCH_SECONDS`
 //! (20) and prints its rate and CPU per request. `RUST_LOG` turns on the node's log.
-//! `NATS_BENCH_REQUESTERS` sets the requests in flight (32). `NATS_BENCH_MAX_AGENTS` shrinks
-//! the node's instance pool (under valgrind, which cannot reserve the default pool's address
-//! space).
+//! `NATS_BENCH_REQUESTERS` sets the requests in flight (32). Under valgrind:
+//! `NATS_BENCH_MAX_AGENTS` shrinks the node's instance pool (valgrind cannot reserve the
+//! default pool's address space) and `NATS_BENCH_EPOCH_TICK_MS` slows the epoch (a tick inside
+//! a call reads the thread clock through rustix's vDSO, which valgrind does not map).
 
 mod common;
 #[path = "../../tests/support/nats.rs"]
@@ -202,8 +203,10 @@ async fn soak(client: &async_nats::Client, subject: &str, server: &str) {
     let subject: &'static str = Box::leak(subject.to_string().into_boxed_str());
     let runs = knob("NATS_BENCH_SECONDS", 20).div_ceil(run_length().as_secs().max(1));
     let (mut rates, mut cpu, mut server_cpu) = (vec![], vec![], vec![]);
+    let mut requests = 0;
     for _ in 0..runs.max(1) {
         let run = load(client, subject, server).await;
+        requests += run.latencies.len();
         rates.push(run.per_s);
         cpu.push(run.cpu_us);
         server_cpu.push(run.server_cpu_us);
@@ -211,6 +214,9 @@ async fn soak(client: &async_nats::Client, subject: &str, server: &str) {
     emit("soak_msgs_per_s", median(rates), "msg/s");
     emit("soak_process_cpu_us_per_request", median(cpu), "us");
     emit("soak_server_cpu_us_per_request", median(server_cpu), "us");
+    // For instruction counts: two soaks of different length under callgrind, the difference
+    // of their totals over the difference of these.
+    emit("soak_requests", requests as f64, "requests");
 }
 
 /// Durable delivery: the same echo component reading through its JetStream consumer,
@@ -314,6 +320,12 @@ async fn main() {
     config.nats.max_ack_pending = knob("NATS_BENCH_MAX_ACK_PENDING", 64) as u32;
     // A smaller instance pool reserves less address space (valgrind cannot reserve the
     // default one); it changes nothing on the message path.
+    if let Some(tick) = std::env::var("NATS_BENCH_EPOCH_TICK_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.engine.epoch_tick_ms = tick;
+    }
     if let Some(agents) = std::env::var("NATS_BENCH_MAX_AGENTS")
         .ok()
         .and_then(|v| v.parse().ok())

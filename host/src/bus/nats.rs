@@ -389,13 +389,20 @@ fn to_nats_headers(headers: Vec<(String, String)>) -> Result<HeaderMap, BusError
     for (key, value) in headers {
         // The client's own rule for names (printable ASCII, no ':'), so the conversion
         // below cannot fail; and no line break in a value, which its conversion panics on.
-        let bad_key = key.is_empty() || key.bytes().any(|b| !b.is_ascii_graphic() || b == b':');
+        // Folds without early exit, so each scan takes many bytes per instruction.
+        let bad_key = key.is_empty()
+            || key
+                .bytes()
+                .fold(false, |bad, b| bad | !b.is_ascii_graphic() | (b == b':'));
         if bad_key {
             return Err(BusError::InvalidSubject(format!(
                 "header name {key:?} is not allowed on NATS: names are non-empty, printable ASCII, without ':' or whitespace"
             )));
         }
-        if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+        if value
+            .bytes()
+            .fold(false, |bad, b| bad | (b == b'\r') | (b == b'\n'))
+        {
             return Err(BusError::InvalidSubject(format!(
                 "header {key:?} has a line break in its value, which NATS cannot carry"
             )));
