@@ -154,26 +154,14 @@ impl NatsBus {
         Ok((headers, size))
     }
 
-    /// Waits until the server has processed everything this connection sent so far (here: a
-    /// SUB), so a message published anywhere after `subscribe` returns reaches the new
-    /// subscription, as on the embedded bus. `flush` only empties the socket; a request to a
-    /// subject nobody serves is a true round trip (the server answers "no responders" after
-    /// everything before it). Bounded, so a subscribe during an outage does not hang: the
-    /// client re-sends subscriptions on reconnect anyway.
     async fn confirm(&self, what: &str) {
-        let probe = format!("_HOST.sync.{}", uuid::Uuid::now_v7().simple());
-        let request = async_nats::Request::new().timeout(Some(self.shared.send_timeout));
-        let round_trip = self.client.send_request(probe, request);
-        match tokio::time::timeout(self.shared.send_timeout, round_trip).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {}
-            Ok(Err(e)) => {
-                tracing::warn!(url = %self.shared.url, "{what}: not confirmed by the server yet ({e}); it takes effect once connected")
-            }
-            Err(_) => {
-                tracing::warn!(url = %self.shared.url, "{what}: not confirmed by the server within {:?}; it takes effect once connected", self.shared.send_timeout)
-            }
-        }
+        confirm_processed(
+            &self.client,
+            self.shared.send_timeout,
+            &self.shared.url,
+            what,
+        )
+        .await;
     }
 
     /// Runs `send` bounded by the send timeout. The client's queue almost always has room,
@@ -380,6 +368,34 @@ fn connect_error(url: &str, e: &async_nats::ConnectError) -> String {
         }
     };
     format!("cannot connect to NATS at {url}: {e}; {check}")
+}
+
+/// Waits until the server has processed everything `client` sent so far (here: a SUB), so
+/// a message published anywhere after this returns reaches the new subscription, as on the
+/// embedded bus. `flush` only empties the socket: the server reads each connection on its
+/// own, so another client's publish could still be routed before the SUB. A request to a
+/// subject nobody serves is a true round trip (the server answers "no responders" after
+/// everything before it). Bounded, so a subscribe during an outage does not hang: the client
+/// re-sends subscriptions on reconnect anyway.
+pub(crate) async fn confirm_processed(
+    client: &async_nats::Client,
+    timeout: Duration,
+    url: &str,
+    what: &str,
+) {
+    let probe = format!("_HOST.sync.{}", uuid::Uuid::now_v7().simple());
+    let request = async_nats::Request::new().timeout(Some(timeout));
+    let round_trip = client.send_request(probe, request);
+    match tokio::time::timeout(timeout, round_trip).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {}
+        Ok(Err(e)) => {
+            tracing::warn!(%url, "{what}: not confirmed by the server yet ({e}); it takes effect once connected")
+        }
+        Err(_) => {
+            tracing::warn!(%url, "{what}: not confirmed by the server within {timeout:?}; it takes effect once connected")
+        }
+    }
 }
 
 /// Host headers to NATS headers. Refuses what would break the NATS text protocol (CR or LF

@@ -55,6 +55,9 @@ const CONSUMER_INFO_TIMEOUT: Duration = Duration::from_secs(2);
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// Wait before re-creating a consumer that went away.
 const REOPEN_DELAY: Duration = Duration::from_millis(500);
+/// Longest a load waits for the server to confirm the request subscriptions (one round trip
+/// on a healthy connection).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest delay before a redelivery after `handle` returned an error.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
@@ -338,13 +341,17 @@ impl DurableDelivery {
             cores.push(core);
             patterns.push(format!("{pattern} (durable: {} / {consumer})", s.stream));
         }
-        // The server has the subscriptions before the agent is reported ready.
-        self.client.flush().await.map_err(|e| {
-            anyhow::anyhow!(
-                "durable delivery: NATS at {} did not take the subscriptions: {e}",
-                self.url
-            )
-        })?;
+        // The server has the subscriptions before the agent is reported ready: a request
+        // published right after the load must reach the request recorder, or its stream
+        // copy finds no request to reply to (seen: the first of 100 concurrent requests got
+        // no reply when only a flush stood here).
+        crate::bus::nats::confirm_processed(
+            &self.client,
+            CONFIRM_TIMEOUT,
+            &self.url,
+            &format!("durable request subscriptions of agent '{}'", identity.name),
+        )
+        .await;
         let (tx, rx) = mpsc::channel(s.max_ack_pending as usize);
         let held = Held::default();
         let pump = tokio::spawn(pump(
