@@ -16,19 +16,12 @@ use agent_host::bus::BusMessage;
 use agent_host::config::NodeConfig;
 use agent_host::node::{LoadRequest, Node};
 use agent_host::telemetry::metrics::resident_memory_bytes;
-use common::emit;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::{emit, knob};
 
 fn main() {
-    let agents = env_or("DENSITY_AGENTS", 10_000) as usize;
+    let agents = knob("DENSITY_AGENTS", 10_000) as usize;
     let default_mib = NodeConfig::default().engine.max_memory >> 20;
-    let max_memory = env_or("DENSITY_MAX_MEMORY_MIB", default_mib) << 20;
+    let max_memory = knob("DENSITY_MAX_MEMORY_MIB", default_mib) << 20;
     let echo = common::echo_wasm();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = NodeConfig::default();

@@ -35,7 +35,7 @@ use agent_host::bindings::Message;
 use agent_host::capabilities::messaging::MessagingView;
 use agent_host::config::NodeConfig;
 use agent_host::node::{LoadRequest, Node};
-use common::{emit, median};
+use common::{emit, knob, median};
 use futures::StreamExt;
 
 /// Requesters in flight at once (each waits for its reply before the next request), how
@@ -43,14 +43,6 @@ use futures::StreamExt;
 const REQUESTERS: usize = 32;
 const RUN: Duration = Duration::from_secs(3);
 const RUNS: usize = 5;
-
-/// A knob from the environment (see the module docs), or its default.
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn run_length() -> Duration {
     Duration::from_millis(knob("NATS_BENCH_RUN_MS", RUN.as_millis() as u64))
@@ -318,20 +310,11 @@ async fn main() {
     // A durable consumer's pull batch is its max_ack_pending: a small one makes pull-request
     // bookkeeping races frequent, for hunting consumer stalls.
     config.nats.max_ack_pending = knob("NATS_BENCH_MAX_ACK_PENDING", 64) as u32;
-    // A smaller instance pool reserves less address space (valgrind cannot reserve the
-    // default one); it changes nothing on the message path.
-    if let Some(tick) = std::env::var("NATS_BENCH_EPOCH_TICK_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        config.engine.epoch_tick_ms = tick;
-    }
-    if let Some(agents) = std::env::var("NATS_BENCH_MAX_AGENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        config.engine.max_agents = agents;
-    }
+    // Under valgrind: a smaller instance pool (it cannot reserve the default one) and a slow
+    // epoch (see the module docs); neither changes the message path.
+    config.engine.epoch_tick_ms = knob("NATS_BENCH_EPOCH_TICK_MS", config.engine.epoch_tick_ms);
+    config.engine.max_agents =
+        knob("NATS_BENCH_MAX_AGENTS", u64::from(config.engine.max_agents)) as u32;
     let node = Node::start(config).await.expect("node on NATS");
     node.load(LoadRequest {
         component: Some(wasm),

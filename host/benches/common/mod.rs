@@ -47,3 +47,12 @@ pub fn echo_wasm() -> PathBuf {
         None => build_plugins().join("echo.wasm"),
     }
 }
+
+/// A number from environment variable `name` (a benchmark's knob), or `default` when it is
+/// unset or not a number.
+pub fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
