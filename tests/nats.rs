@@ -8,6 +8,9 @@
 /// Agents on a NATS node, and plain NATS clients talking to them.
 #[path = "nats/agents.rs"]
 mod agents;
+/// A three-server NATS cluster: nodes on different servers, fail-over.
+#[path = "nats/cluster.rs"]
+mod cluster;
 /// Durable delivery through JetStream consumers.
 #[path = "nats/durable.rs"]
 mod durable;

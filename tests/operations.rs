@@ -2,25 +2,9 @@
 
 mod support;
 
-use std::time::Duration;
-
 use agent_host::config::NodeConfig;
 use agent_host::node::Node;
-use support::TestNode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body))
-        .await
-        .unwrap()
-        .unwrap();
-    let code = body.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, body)
-}
+use support::{http_get, TestNode};
 
 #[tokio::test]
 async fn health_and_metrics_are_served_over_http() {
@@ -35,6 +19,10 @@ async fn health_and_metrics_are_served_over_http() {
     let (code, body) = http_get(addr, "/health").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"status\":\"ok\""), "{body}");
+    assert!(
+        body.contains("\"bus\":{\"backend\":\"embedded\",\"connected\":true"),
+        "/health says where the bus stands: {body}"
+    );
 
     let (code, body) = http_get(addr, "/metrics").await;
     assert_eq!(code, 200);
@@ -48,6 +36,7 @@ async fn health_and_metrics_are_served_over_http() {
         "{body}"
     );
     assert!(body.contains("agent_host_agents 1"), "{body}");
+    assert!(body.contains("agent_host_bus_connected 1"), "{body}");
     assert!(body.contains("agent_host_resident_memory_bytes"), "{body}");
     task.abort();
     t.stop().await;

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use super::durable::ask;
 use super::nats_server::NatsServer;
 use super::transport::round_trip;
-use crate::support::{test_config, TestNode};
+use crate::support::{http_get, test_config, TestNode};
 
 /// A node on `server`, otherwise configured as the embedded-bus tests' nodes are.
 pub async fn node_on(server: &NatsServer) -> TestNode {
@@ -293,6 +293,62 @@ async fn after_the_nats_server_restarts_under_load_the_node_reconnects_and_agent
     eprintln!("during the restart: {answered} requests answered, {failed} failed");
     t.stop().await;
     drop(server);
+}
+
+/// Polls `/health` until it answers `code` (within `limit`); its response then.
+async fn health_until(addr: std::net::SocketAddr, code: u16, limit: Duration) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let (got, body) = http_get(addr, "/health").await;
+        if got == code {
+            return body;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "/health did not answer {code} within {limit:?}; last: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_degraded_while_the_node_is_cut_off_from_nats_and_names_its_server_again_after() {
+    let Some(mut server) = NatsServer::start("nats health during an outage") else {
+        return;
+    };
+    let t = node_on(&server).await;
+    t.load("echo", "echo", "").await;
+    let (addr, task) =
+        agent_host::telemetry::http::serve(t.node.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+    let address = format!("\"server_address\":\"127.0.0.1:{}\"", server.port());
+    let (code, body) = http_get(addr, "/health").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"backend\":\"nats\",\"connected\":true"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\"server_name\":\"agent-host-test\""),
+        "{body}"
+    );
+    assert!(body.contains(&address), "{body}");
+
+    tokio::task::block_in_place(|| server.stop());
+    let seen = health_until(addr, 503, Duration::from_secs(10)).await;
+    assert!(seen.contains("\"status\":\"degraded\""), "{seen}");
+    assert!(seen.contains("\"connected\":false"), "{seen}");
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    assert!(metrics.contains("agent_host_bus_connected 0"), "{metrics}");
+
+    tokio::task::block_in_place(|| server.restart());
+    let seen = health_until(addr, 200, Duration::from_secs(15)).await;
+    assert!(seen.contains("\"reconnects\":1"), "{seen}");
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    assert!(metrics.contains("agent_host_bus_reconnects 1"), "{metrics}");
+    task.abort();
+    t.stop().await;
 }
 
 #[tokio::test]

@@ -27,6 +27,22 @@ async fn stored_on(client: &async_nats::Client, subject: &str) -> u64 {
     total
 }
 
+/// Publishes `n` messages to the tally agent from a client of its own on `url`, 2 ms apart,
+/// each with its own `Nats-Msg-Id`; a publish the client cannot hand over (its server is
+/// away) is left out, and is not in the stream to be counted against the agent.
+pub async fn publish_to_tally(url: String, n: usize) {
+    let client = async_nats::connect(url).await.unwrap();
+    for i in 0..n {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("m{i}").as_str());
+        let _ = client
+            .publish_with_headers("agent.to.tally.rec", headers, format!("m{i}").into())
+            .await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let _ = client.flush().await;
+}
+
 /// The `{distinct} {repeats}` report of the tally agent.
 async fn tally_report(client: &async_nats::Client) -> (u64, u64) {
     let text = ask(client, "agent.to.tally.report", "report").await;
@@ -49,19 +65,7 @@ async fn when_nats_restarts_under_load_a_durable_agent_loses_and_repeats_nothing
     // the restart (what the client could not hand over while the server was away is not
     // in the stream, and is not counted against the agent).
     const N: usize = 1500;
-    let url = server.url();
-    let publisher = tokio::spawn(async move {
-        let client = async_nats::connect(url).await.unwrap();
-        for i in 0..N {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", format!("m{i}").as_str());
-            let _ = client
-                .publish_with_headers("agent.to.tally.rec", headers, format!("m{i}").into())
-                .await;
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let _ = client.flush().await;
-    });
+    let publisher = tokio::spawn(publish_to_tally(server.url(), N));
     tokio::time::sleep(Duration::from_millis(600)).await;
     let server_back = tokio::task::spawn_blocking(move || {
         server.restart();

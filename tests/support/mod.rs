@@ -134,6 +134,21 @@ impl TestNode {
     }
 }
 
+/// GETs `path` from the HTTP server at `addr`: the status code and the whole response.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+    let code = body.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body)
+}
+
 /// Polls `check` every 10 ms for up to `limit`; true when it held.
 pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

@@ -21,46 +21,43 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     log: PathBuf,
+    /// Arguments after the common ones: its server name, and its cluster for a member of a
+    /// [`NatsCluster`].
+    args: Vec<String>,
 }
 
 impl NatsServer {
     /// Starts a server for `test`, or returns `None` after saying loudly why the test is
     /// skipped. Under `CI=true` a missing server fails the test instead.
     pub fn start(test: &str) -> Option<NatsServer> {
-        match find_server() {
-            Ok(bin) => Some(NatsServer::start_with(bin)),
-            Err(why) if ci() => panic!("{test}: no usable nats-server: {why}; {INSTALL}"),
-            Err(why) => {
-                // Straight to stderr, past the test harness's capture, so a skip is seen.
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "\n*** SKIPPED {test}: no usable nats-server ({why}); {INSTALL} ***\n"
-                );
-                None
-            }
-        }
+        let bin = server_for(test)?;
+        let server = NatsServer::new(bin, vec!["--server_name".into(), "agent-host-test".into()]);
+        Some(server.launched())
     }
 
-    fn start_with(bin: PathBuf) -> NatsServer {
+    fn new(bin: PathBuf, args: Vec<String>) -> NatsServer {
         let store = tempfile::tempdir().expect("temp dir for the JetStream store");
         let log = store.path().join("nats-server.log");
-        let mut server = NatsServer {
+        NatsServer {
             child: None,
             bin,
             port: 0,
             store,
             log,
-        };
+            args,
+        }
+    }
+
+    fn launched(mut self) -> NatsServer {
         // Port 0 here means "let the server pick a free one" (`-p -1`): picking one in the
         // test and handing it over would race with the other tests' servers.
-        if !server.launch() {
+        if !self.launch() {
             panic!(
                 "nats-server did not start on 127.0.0.1; its log:\n{}",
-                server.log_text()
+                self.log_text()
             );
         }
-        server
+        self
     }
 
     /// The client URL, e.g. `nats://127.0.0.1:41234`.
@@ -132,7 +129,7 @@ impl NatsServer {
         let mut child = Command::new(&self.bin)
             .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
             .arg(self.store.path().join("js"))
-            .args(["--server_name", "agent-host-test"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -172,6 +169,96 @@ impl Drop for NatsServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// Servers routed into one cluster, JetStream clustered across them: for nodes attached to
+/// different servers and for a node failing over when its server goes. Dropping it stops
+/// every server.
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` servers for `test` (None, or a failure under CI=true, as
+    /// [`NatsServer::start`]). JetStream in a cluster needs each server's routes configured
+    /// up front, so the route ports are picked here; if one was taken meanwhile by another
+    /// test's server, the whole cluster starts again on fresh ports.
+    pub fn start(test: &str, size: usize) -> Option<NatsCluster> {
+        let bin = server_for(test)?;
+        for _ in 0..5 {
+            let ports = free_ports(size);
+            let routes = ports
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut servers = Vec::new();
+            for (i, port) in ports.iter().enumerate() {
+                let args = [
+                    "--server_name".to_string(),
+                    format!("s{i}"),
+                    "--cluster_name".to_string(),
+                    "agent-host-test".to_string(),
+                    "--cluster".to_string(),
+                    format!("nats://127.0.0.1:{port}"),
+                    "--routes".to_string(),
+                    routes.clone(),
+                ];
+                let mut server = NatsServer::new(bin.clone(), args.to_vec());
+                if !server.launch() {
+                    break;
+                }
+                servers.push(server);
+            }
+            if servers.len() == size {
+                return Some(NatsCluster { servers });
+            }
+        }
+        panic!("{test}: a nats-server cluster of {size} did not start in 5 attempts");
+    }
+
+    /// Every server's client URL, comma-separated (`[nats] url` takes such a list).
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The server listening for clients on `port`, if it is one of this cluster's.
+    pub fn by_port(&mut self, port: u16) -> Option<&mut NatsServer> {
+        self.servers.iter_mut().find(|s| s.port == port)
+    }
+}
+
+/// `n` distinct loopback ports free right now (held together while they are picked).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// The nats-server binary for `test`, or None after saying loudly why it is skipped; under
+/// `CI=true` a missing server fails the test instead.
+fn server_for(test: &str) -> Option<PathBuf> {
+    match find_server() {
+        Ok(bin) => Some(bin),
+        Err(why) if ci() => panic!("{test}: no usable nats-server: {why}; {INSTALL}"),
+        Err(why) => {
+            // Straight to stderr, past the test harness's capture, so a skip is seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIPPED {test}: no usable nats-server ({why}); {INSTALL} ***\n"
+            );
+            None
         }
     }
 }

@@ -117,6 +117,37 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Max payload size accepted by publish (TooLarge beyond it).
     fn max_payload(&self) -> usize;
+
+    /// Whether the bus is up and where it is attached, for `/health` and the metrics: an
+    /// operator of a NATS cluster needs to see which server a node is on and whether it
+    /// is cut off from all of them.
+    fn state(&self) -> BusState {
+        BusState {
+            backend: "embedded",
+            connected: true,
+            server_name: None,
+            server_address: None,
+            reconnects: 0,
+            dropped: self.dropped(),
+        }
+    }
+}
+
+/// Where a node's bus stands right now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BusState {
+    /// `embedded` or `nats`.
+    pub backend: &'static str,
+    /// False while a NATS connection is lost (the client keeps reconnecting meanwhile).
+    pub connected: bool,
+    /// The NATS server this node is connected to, by its `server_name`.
+    pub server_name: Option<String>,
+    /// That server's client address (`host:port`), one of the URLs in `[nats] url`.
+    pub server_address: Option<String>,
+    /// Reconnects since start; the first connection does not count.
+    pub reconnects: u64,
+    /// Messages dropped for slow subscribers since start (see [`Transport::dropped`]).
+    pub dropped: u64,
 }
 
 /// A stream of the messages matching one pattern.

@@ -21,7 +21,9 @@ use std::time::Duration;
 use async_nats::{ConnectErrorKind, Event, HeaderMap, HeaderName, HeaderValue, RequestErrorKind};
 use futures::StreamExt;
 
-use super::{subscription_channel, BusError, BusMessage, Delivery, Subscription, Transport};
+use super::{
+    subscription_channel, BusError, BusMessage, BusState, Delivery, Subscription, Transport,
+};
 use crate::subjects;
 
 /// What the transport needs to connect.
@@ -340,6 +342,20 @@ impl Transport for NatsBus {
     /// The connected server's `max_payload` (headers included), refreshed on reconnect.
     fn max_payload(&self) -> usize {
         self.client.max_payload()
+    }
+
+    /// The client's latest server INFO names the server, refreshed on every reconnect.
+    fn state(&self) -> BusState {
+        let connected = self.is_connected();
+        let info = connected.then(|| self.client.server_info());
+        BusState {
+            backend: "nats",
+            connected,
+            server_name: info.as_ref().map(|i| i.server_name.clone()),
+            server_address: info.map(|i| format!("{}:{}", i.host, i.port)),
+            reconnects: self.reconnects(),
+            dropped: self.dropped(),
+        }
     }
 }
 

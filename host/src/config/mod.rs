@@ -168,6 +168,10 @@ pub struct NatsSection {
     pub kv_bucket: String,
     /// Copies of the KV bucket the cluster keeps (1 to 5), used only when the node creates it.
     pub kv_replicas: u32,
+    /// Copies of the durable-delivery stream the cluster keeps (1 to 5), used only when the
+    /// node creates it: with one copy, durable agents stop while the server holding it is
+    /// down.
+    pub stream_replicas: u32,
     /// How long the first connection attempt (and each reconnect attempt) may take.
     pub connect_timeout_ms: u64,
     /// Durable delivery (`[subscriptions] durable = true`): how long the server waits for an
@@ -259,6 +263,7 @@ impl Default for NatsSection {
             stream_name: "AGENT_MESSAGES".to_string(),
             kv_bucket: "AGENT_KV".to_string(),
             kv_replicas: 1,
+            stream_replicas: 1,
             connect_timeout_ms: 5000,
             ack_wait_ms: 30_000,
             max_deliver: 5,

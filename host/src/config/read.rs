@@ -267,6 +267,18 @@ pub(super) fn check_stream_name(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A JetStream replica count: 1 to 5 copies of `what`.
+fn replicas(s: &Section, field: &str, what: &str) -> Result<Option<u32>, FieldError> {
+    let n = s.positive(field, "3", &format!("{what} needs at least one copy"))?;
+    match n {
+        Some(n) if n > 5 => Err(s.error(
+            field,
+            format!("{n} is more than JetStream allows; expected 1 to 5"),
+        )),
+        other => Ok(other),
+    }
+}
+
 fn nats(root: &Section) -> Result<NatsSection, FieldError> {
     let s = root.section(
         "nats",
@@ -275,6 +287,7 @@ fn nats(root: &Section) -> Result<NatsSection, FieldError> {
             "stream_name",
             "kv_bucket",
             "kv_replicas",
+            "stream_replicas",
             "connect_timeout_ms",
             "ack_wait_ms",
             "max_deliver",
@@ -304,20 +317,14 @@ fn nats(root: &Section) -> Result<NatsSection, FieldError> {
         .string("kv_bucket", "\"AGENT_KV\"")?
         .unwrap_or(d.kv_bucket);
     check_bucket_name(&kv_bucket).map_err(|e| s.error("kv_bucket", e))?;
-    let kv_replicas = s
-        .positive("kv_replicas", "3", "a bucket needs at least one copy")?
-        .unwrap_or(d.kv_replicas);
-    if kv_replicas > 5 {
-        return Err(s.error(
-            "kv_replicas",
-            format!("{kv_replicas} is more than JetStream allows; expected 1 to 5"),
-        ));
-    }
+    let kv_replicas = replicas(&s, "kv_replicas", "a bucket")?.unwrap_or(d.kv_replicas);
+    let stream_replicas = replicas(&s, "stream_replicas", "a stream")?.unwrap_or(d.stream_replicas);
     let nats = NatsSection {
         url,
         stream_name,
         kv_bucket,
         kv_replicas,
+        stream_replicas,
         connect_timeout_ms: s
             .positive(
                 "connect_timeout_ms",

@@ -71,6 +71,7 @@ fn no_file_means_the_documented_defaults() {
             stream_name: "AGENT_MESSAGES".into(),
             kv_bucket: "AGENT_KV".into(),
             kv_replicas: 1,
+            stream_replicas: 1,
             connect_timeout_ms: 5000,
             ack_wait_ms: 30_000,
             max_deliver: 5,
@@ -127,6 +128,7 @@ url = "nats://bus:4222"
 stream_name = "MSGS"
 kv_bucket = "FLEET_KV"
 kv_replicas = 3
+stream_replicas = 3
 connect_timeout_ms = 1500
 ack_wait_ms = 10000
 max_deliver = 7
@@ -171,6 +173,7 @@ manifest = "/etc/agents/sage.toml"
         (c.nats.kv_bucket.as_str(), c.nats.kv_replicas),
         ("FLEET_KV", 3)
     );
+    assert_eq!(c.nats.stream_replicas, 3);
     assert_eq!(c.nats.connect_timeout_ms, 1500);
     assert_eq!(
         (
@@ -269,6 +272,8 @@ fn bad_values_name_the_field_and_what_is_expected() {
         ("[nats]\nstream_name = \"agent.messages\"", "field nats.stream_name: \"agent.messages\" contains '.'; expected a name like \"AGENT_MESSAGES\""),
         ("[nats]\nkv_bucket = \"agent.kv\"", "field nats.kv_bucket: \"agent.kv\" contains '.'; expected a name like \"AGENT_KV\" (only A-Z a-z 0-9 _ -)"),
         ("[nats]\nkv_replicas = 7", "field nats.kv_replicas: 7 is more than JetStream allows; expected 1 to 5"),
+        ("[nats]\nstream_replicas = 6", "field nats.stream_replicas: 6 is more than JetStream allows; expected 1 to 5"),
+        ("[nats]\nstream_replicas = 0", "field nats.stream_replicas: 0 is not allowed"),
         ("[nats]\nconnect_timeout_ms = 0", "field nats.connect_timeout_ms: 0 is not allowed"),
         ("[nats]\nmax_deliver = 0", "field nats.max_deliver: 0 is not allowed"),
         ("[nats]\nack_wait_ms = 0", "field nats.ack_wait_ms: 0 is not allowed"),

@@ -32,8 +32,12 @@ pub async fn serve(
     Ok((local, task))
 }
 
+/// 200 when every agent runs and the bus is connected, 503 ("degraded") otherwise; the
+/// body says which agents are not running and where the bus stands.
 async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let (ok, agents) = node.health().await;
+    let (agents_ok, agents) = node.health().await;
+    let bus = node.bus.state();
+    let ok = agents_ok && bus.connected;
     let not_running: Vec<_> = agents
         .iter()
         .filter(|a| a.state != crate::agent::AgentState::Running)
@@ -43,6 +47,7 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
         "status": if ok { "ok" } else { "degraded" },
         "agents": agents.len(),
         "not_running": not_running,
+        "bus": bus,
     });
     (
         if ok {
@@ -55,7 +60,7 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    node.metrics.set_bus_dropped(node.bus.dropped());
+    node.metrics.set_bus_state(&node.bus.state());
     (
         [(
             header::CONTENT_TYPE,

@@ -74,6 +74,8 @@ pub struct Metrics {
     agents: Gauge,
     rss_bytes: Gauge<u64, AtomicU64>,
     bus_dropped: Gauge<u64, AtomicU64>,
+    bus_connected: Gauge,
+    bus_reconnects: Gauge<u64, AtomicU64>,
     /// LLM calls, tokens, queue waits and breaker states (see [`LlmFamilies`]).
     pub llm: LlmFamilies,
 }
@@ -186,6 +188,8 @@ impl Metrics {
             agents: Gauge::default(),
             rss_bytes: Gauge::default(),
             bus_dropped: Gauge::default(),
+            bus_connected: Gauge::default(),
+            bus_reconnects: Gauge::default(),
             llm: LlmFamilies::default(),
         };
         registry.register(
@@ -248,6 +252,16 @@ impl Metrics {
             "bus_dropped",
             "Messages the bus dropped for slow subscribers",
             m.bus_dropped.clone(),
+        );
+        registry.register(
+            "bus_connected",
+            "1 while the node's bus is connected (NATS: to one of the servers in [nats] url), 0 while it reconnects",
+            m.bus_connected.clone(),
+        );
+        registry.register(
+            "bus_reconnects",
+            "Times the node's NATS connection was re-established since start",
+            m.bus_reconnects.clone(),
         );
         m.llm.register(&mut registry);
         *m.registry.lock().expect("metrics registry lock") = registry;
@@ -324,8 +338,11 @@ impl Metrics {
         self.agents.set(n as i64);
     }
 
-    pub fn set_bus_dropped(&self, n: u64) {
-        self.bus_dropped.set(n);
+    /// Copies the bus's state into its gauges (read when the metrics are scraped).
+    pub fn set_bus_state(&self, state: &crate::bus::BusState) {
+        self.bus_dropped.set(state.dropped);
+        self.bus_connected.set(i64::from(state.connected));
+        self.bus_reconnects.set(state.reconnects);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -71,6 +71,8 @@ pub struct DurableSettings {
     pub duplicate_window: Duration,
     pub max_ack_pending: u32,
     pub max_age: Duration,
+    /// Copies of the stream when this node creates it (`[nats] stream_replicas`).
+    pub replicas: usize,
     /// How long an unclaimed stream copy waits for its core request (`[nats]
     /// request_pairing_wait_ms`).
     pub pairing_wait: Duration,
@@ -86,6 +88,7 @@ impl DurableSettings {
             duplicate_window: Duration::from_secs(nats.duplicate_window_secs),
             max_ack_pending: nats.max_ack_pending.max(1),
             max_age: Duration::from_secs(nats.stream_max_age_secs),
+            replicas: nats.stream_replicas.max(1) as usize,
             pairing_wait: Duration::from_millis(nats.request_pairing_wait_ms),
         }
     }
@@ -248,6 +251,17 @@ impl DurableDelivery {
                     config.duplicate_window = s.duplicate_window;
                     changes.push(format!("duplicate_window = {:?}", s.duplicate_window));
                 }
+                if config.num_replicas < s.replicas {
+                    tracing::warn!(
+                        stream = %name,
+                        "durable delivery: the existing stream keeps {} cop{} where [nats] stream_replicas asks for {}; \
+                         replicas of an existing stream are left to its operator (`nats stream edit {name} --replicas {}`)",
+                        config.num_replicas,
+                        if config.num_replicas == 1 { "y" } else { "ies" },
+                        s.replicas,
+                        s.replicas
+                    );
+                }
                 if !changes.is_empty() {
                     self.js
                         .update_stream(config)
@@ -267,6 +281,7 @@ impl DurableDelivery {
                         no_ack: true,
                         duplicate_window: s.duplicate_window,
                         max_age: s.max_age,
+                        num_replicas: s.replicas,
                         ..Default::default()
                     })
                     .await
