@@ -351,3 +351,46 @@ async fn a_durable_agent_loses_and_repeats_nothing_when_its_nodes_server_goes_do
     );
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_from_another_server_to_a_durable_agent_each_get_their_own_reply() {
+    let Some(cluster) = NatsCluster::start("nats cluster: durable requests", 3) else {
+        return;
+    };
+    let urls: Vec<String> = cluster.servers.iter().map(|s| s.url()).collect();
+    wait_until_jetstream_places(&urls[0], 3).await;
+    let t = node_on(urls[0].clone(), |_| {}).await;
+    let id = "01936f11-4ea2-7000-8000-0000000000d4";
+    t.load("echo", "echo", &durable_manifest("echo", id, ""))
+        .await;
+    let client = async_nats::connect(urls[2].clone()).await.unwrap();
+    // The first answered request shows the node's subscriptions reached the third server.
+    assert_eq!(answer(&client, "agent.to.echo.x", "first").await, "first");
+    let requests = (0..100).map(|i| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let payload = format!("request {i}");
+            let request = async_nats::Request::new()
+                .payload(payload.clone().into())
+                .timeout(Some(Duration::from_secs(10)));
+            let reply = client
+                .send_request("agent.to.echo.x".to_string(), request)
+                .await
+                .map(|r| String::from_utf8_lossy(&r.payload).into_owned());
+            (payload, reply)
+        })
+    });
+    let mut unanswered = Vec::new();
+    for (payload, reply) in futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+    {
+        match reply {
+            Ok(text) => assert_eq!(text, payload),
+            Err(e) => unanswered.push(format!("{payload}: {e}")),
+        }
+    }
+    assert!(unanswered.is_empty(), "unanswered: {unanswered:?}");
+    t.stop().await;
+}
