@@ -107,10 +107,10 @@ impl Node {
                     },
                 )
                 .await?;
-                tracing::info!(%url, bucket = %kv.bucket(), "messaging on NATS, storage on JetStream KV");
+                tracing::info!(url = %nats.url(), bucket = %kv.bucket(), "messaging on NATS, storage on JetStream KV");
                 durable = Some(Arc::new(crate::agent::durable::DurableDelivery::new(
                     nats.client().clone(),
-                    url,
+                    nats.url(),
                     crate::agent::durable::DurableSettings::from_config(&config.nats),
                 )));
                 (Arc::new(nats), Arc::new(kv))

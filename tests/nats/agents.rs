@@ -433,3 +433,55 @@ async fn the_seed_environment_of_a_one_agent_process_configures_the_node_and_its
     assert!(js.get_stream("FLEET_MESSAGES").await.is_ok());
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_node_signs_in_with_the_credentials_in_its_url_and_never_shows_the_password() {
+    const PASSWORD: &str = "s3cret-pw-71";
+    let Some(server) = NatsServer::start_with_args(
+        "nats credentials in the url",
+        &["--user", "agent", "--pass", PASSWORD],
+    ) else {
+        return;
+    };
+    let with = |password: &str| format!("nats://agent:{password}@127.0.0.1:{}", server.port());
+
+    // A wrong password: refused at start, saying what to check, with the password masked.
+    let mut config = test_config(tempfile::tempdir().unwrap().path());
+    config.nats.url = Some(with("wrong-pw-42"));
+    let err = match Node::start(config).await {
+        Err(e) => format!("{e:#}"),
+        Ok(_) => panic!("a node with a wrong password started"),
+    };
+    assert!(err.contains("check the user and password"), "{err}");
+    assert!(err.contains("nats://agent:***@127.0.0.1"), "{err}");
+    assert!(
+        !err.contains("wrong-pw-42"),
+        "the password is not in the error: {err}"
+    );
+
+    // The right one, through `host run`: it serves agents and its log never has the password.
+    let node = crate::support::NodeProcess::start(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[nats]\nurl = \"{}\"\n",
+        with(PASSWORD)
+    ));
+    let echo = crate::support::plugin("echo");
+    let loaded = node.host(&["load", echo.to_str().unwrap()]);
+    assert!(loaded.status.success(), "{}", node.log_text());
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("agent".into(), PASSWORD.into())
+            .connect(server.url())
+            .await
+            .unwrap();
+    assert_eq!(
+        ask(&client, "agent.to.echo.x", "signed in").await,
+        "signed in"
+    );
+    let log = node.log_text();
+    assert!(log.contains("connected to NATS"), "{log}");
+    assert!(log.contains("nats://agent:***@127.0.0.1"), "{log}");
+    assert!(
+        !log.contains(PASSWORD),
+        "the password is not in the log:\n{log}"
+    );
+    node.stop();
+}

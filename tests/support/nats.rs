@@ -30,9 +30,15 @@ impl NatsServer {
     /// Starts a server for `test`, or returns `None` after saying loudly why the test is
     /// skipped. Under `CI=true` a missing server fails the test instead.
     pub fn start(test: &str) -> Option<NatsServer> {
+        NatsServer::start_with_args(test, &[])
+    }
+
+    /// [`NatsServer::start`] with more arguments for the server, e.g. `--user`/`--pass`.
+    pub fn start_with_args(test: &str, extra: &[&str]) -> Option<NatsServer> {
         let bin = server_for(test)?;
-        let server = NatsServer::new(bin, vec!["--server_name".into(), "agent-host-test".into()]);
-        Some(server.launched())
+        let mut args = vec!["--server_name".to_string(), "agent-host-test".to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Some(NatsServer::new(bin, args).launched())
     }
 
     fn new(bin: PathBuf, args: Vec<String>) -> NatsServer {

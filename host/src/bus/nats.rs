@@ -25,6 +25,9 @@ use super::{
     subscription_channel, BusError, BusMessage, BusState, Delivery, Subscription, Transport,
 };
 use crate::subjects;
+pub use url::{redacted, NatsUrl, SignIn};
+
+mod url;
 
 /// What the transport needs to connect.
 #[derive(Debug, Clone)]
@@ -76,15 +79,23 @@ impl NatsBus {
     /// check, when no server answers: a node that silently ran without its bus would look
     /// healthy while no agent heard anything.
     pub async fn connect(options: &NatsOptions) -> Result<NatsBus, BusError> {
+        let url = NatsUrl::parse(&options.url).map_err(BusError::Unavailable)?;
         let shared = Arc::new(Shared {
-            url: options.url.clone(),
+            url: url.shown.clone(),
             dropped: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
             send_timeout: options.connect_timeout.max(Duration::from_secs(1)),
         });
         let events = shared.clone();
-        let client = async_nats::ConnectOptions::new()
+        let client = match url.sign_in {
+            Some(SignIn::UserPassword { user, password }) => {
+                async_nats::ConnectOptions::with_user_and_password(user, password)
+            }
+            Some(SignIn::Token(token)) => async_nats::ConnectOptions::with_token(token),
+            None => async_nats::ConnectOptions::new(),
+        };
+        let client = client
             .name(&options.connection_name)
             .connection_timeout(options.connect_timeout)
             .subscription_capacity(options.subscription_capacity.max(1))
@@ -96,12 +107,12 @@ impl NatsBus {
                 let shared = events.clone();
                 async move { shared.on_event(event) }
             })
-            .connect(server_list(&options.url))
+            .connect(url.servers.as_slice())
             .await
-            .map_err(|e| BusError::Unavailable(connect_error(&options.url, &e)))?;
+            .map_err(|e| BusError::Unavailable(connect_error(&shared.url, &e)))?;
         let info = client.server_info();
         tracing::info!(
-            url = %options.url,
+            url = %shared.url,
             server = %info.server_name,
             version = %info.version,
             max_payload = info.max_payload,
@@ -116,7 +127,7 @@ impl NatsBus {
         &self.client
     }
 
-    /// The URL this bus connected to, for logs and errors.
+    /// The URL this bus connected to, for logs and errors: passwords and tokens masked.
     pub fn url(&self) -> &str {
         &self.shared.url
     }
@@ -359,14 +370,6 @@ impl Transport for NatsBus {
     }
 }
 
-/// `nats://a:4222, nats://b:4222` → each server of the cluster, so the client can fail over.
-fn server_list(url: &str) -> Vec<&str> {
-    url.split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .collect()
-}
-
 /// Why the first connection failed, with the URL and what to check.
 fn connect_error(url: &str, e: &async_nats::ConnectError) -> String {
     let check = match e.kind() {
@@ -375,7 +378,7 @@ fn connect_error(url: &str, e: &async_nats::ConnectError) -> String {
         }
         ConnectErrorKind::Dns => "check the host name in [nats] url or NATS_URL",
         ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
-            "check the credentials in the URL (nats://user:password@host:4222)"
+            "check the user and password (nats://user:password@host:4222) or token (nats://token@host:4222) in [nats] url or NATS_URL"
         }
         ConnectErrorKind::Tls => "check the server's TLS settings and the URL scheme (tls://)",
         _ => {
