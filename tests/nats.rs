@@ -8,6 +8,9 @@
 /// Agents on a NATS node, and plain NATS clients talking to them.
 #[path = "nats/agents.rs"]
 mod agents;
+/// Signing in: credentials in the URL, a credentials file for operator mode.
+#[path = "nats/auth.rs"]
+mod auth;
 /// A three-server NATS cluster: nodes on different servers, fail-over.
 #[path = "nats/cluster.rs"]
 mod cluster;

@@ -96,6 +96,7 @@ impl Node {
                     connection_name: format!("agent-host {}", config.node.name),
                     connect_timeout: timeout,
                     subscription_capacity: config.nats.subscription_capacity as usize,
+                    credentials_file: config.nats.credentials_file.clone(),
                 })
                 .await?;
                 let kv = NatsKv::open(

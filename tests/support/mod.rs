@@ -181,8 +181,21 @@ impl NodeProcess {
         Self::start_in(tempfile::tempdir().expect("temp dir"), config_toml)
     }
 
+    /// [`NodeProcess::start`] with environment variables set for `host run`.
+    pub fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> NodeProcess {
+        Self::start_in_with_env(tempfile::tempdir().expect("temp dir"), config_toml, env)
+    }
+
     /// Starts a node on an existing data dir (a restart keeps its state).
     pub fn start_in(dir: tempfile::TempDir, config_toml: &str) -> NodeProcess {
+        Self::start_in_with_env(dir, config_toml, &[])
+    }
+
+    fn start_in_with_env(
+        dir: tempfile::TempDir,
+        config_toml: &str,
+        env: &[(&str, &str)],
+    ) -> NodeProcess {
         let socket = dir.path().join("host.sock");
         let log = dir.path().join("node.log");
         let mut cmd = Command::new(host_bin());
@@ -208,7 +221,8 @@ impl NodeProcess {
         cmd.stdout(Stdio::null())
             .stderr(log_file)
             .env_remove("HOST_CONTROL")
-            .env("LOG_LEVEL", "info");
+            .env("LOG_LEVEL", "info")
+            .envs(env.iter().copied());
         let child = cmd.spawn().expect("start host run");
         let mut p = NodeProcess {
             child,

@@ -42,6 +42,9 @@ pub struct NatsOptions {
     /// Messages the client buffers per subscription before it drops new ones (a slow
     /// consumer, counted and logged); agent inboxes read from this buffer directly.
     pub subscription_capacity: usize,
+    /// A NATS credentials file (`.creds`: a user JWT and its nkey seed), for servers in
+    /// operator/JWT mode (Synadia Cloud, `nsc`-managed accounts).
+    pub credentials_file: Option<std::path::PathBuf>,
 }
 
 impl NatsOptions {
@@ -52,6 +55,7 @@ impl NatsOptions {
             connection_name: "agent-host".to_string(),
             connect_timeout: Duration::from_secs(5),
             subscription_capacity: 64 * 1024,
+            credentials_file: None,
         }
     }
 }
@@ -88,12 +92,29 @@ impl NatsBus {
             send_timeout: options.connect_timeout.max(Duration::from_secs(1)),
         });
         let events = shared.clone();
-        let client = match url.sign_in {
-            Some(SignIn::UserPassword { user, password }) => {
+        let client = match (url.sign_in, &options.credentials_file) {
+            (Some(_), Some(file)) => {
+                return Err(BusError::Unavailable(format!(
+                    "both [nats] url ({}) and [nats] credentials_file ({}) carry credentials; \
+                     a node signs in once: keep one of them",
+                    url.shown,
+                    file.display()
+                )))
+            }
+            (None, Some(file)) => async_nats::ConnectOptions::with_credentials_file(file)
+                .await
+                .map_err(|e| {
+                    BusError::Unavailable(format!(
+                        "cannot use the NATS credentials file {} ([nats] credentials_file or NATS_CREDS): {e}; \
+                         expected a .creds file with a user JWT and its nkey seed, as `nsc generate creds` writes",
+                        file.display()
+                    ))
+                })?,
+            (Some(SignIn::UserPassword { user, password }), None) => {
                 async_nats::ConnectOptions::with_user_and_password(user, password)
             }
-            Some(SignIn::Token(token)) => async_nats::ConnectOptions::with_token(token),
-            None => async_nats::ConnectOptions::new(),
+            (Some(SignIn::Token(token)), None) => async_nats::ConnectOptions::with_token(token),
+            (None, None) => async_nats::ConnectOptions::new(),
         };
         let client = client
             .name(&options.connection_name)
@@ -378,7 +399,7 @@ fn connect_error(url: &str, e: &async_nats::ConnectError) -> String {
         }
         ConnectErrorKind::Dns => "check the host name in [nats] url or NATS_URL",
         ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
-            "check the user and password (nats://user:password@host:4222) or token (nats://token@host:4222) in [nats] url or NATS_URL"
+            "check the user and password (nats://user:password@host:4222) or token (nats://token@host:4222) in [nats] url or NATS_URL, or the user in [nats] credentials_file / NATS_CREDS"
         }
         ConnectErrorKind::Tls => "check the server's TLS settings and the URL scheme (tls://)",
         _ => {

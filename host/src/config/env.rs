@@ -65,6 +65,9 @@ pub(super) fn apply(
     if let Some(v) = get("NATS_URL") {
         config.nats.url = Some(v.trim().to_string());
     }
+    if let Some(v) = get("NATS_CREDS").filter(|v| !v.trim().is_empty()) {
+        config.nats.credentials_file = Some(PathBuf::from(v.trim()));
+    }
     if let Some(v) = get("STREAM_NAME") {
         check_stream_name(&v).map_err(|e| ConfigError::in_env("STREAM_NAME", e))?;
         config.nats.stream_name = v;

@@ -105,6 +105,11 @@ fn nats_env_sets_url_and_stream() {
     let c = with_env(&[("NATS_URL", "nats://bus:4222"), ("STREAM_NAME", "OTHER")]).unwrap();
     assert_eq!(c.nats.url.as_deref(), Some("nats://bus:4222"));
     assert_eq!(c.nats.stream_name, "OTHER");
+    let c = with_env(&[("NATS_CREDS", "/run/secrets/node.creds")]).unwrap();
+    assert_eq!(
+        c.nats.credentials_file.as_deref(),
+        Some(std::path::Path::new("/run/secrets/node.creds"))
+    );
     let err = env_error("STREAM_NAME", "a b");
     assert!(
         err.starts_with("environment variable STREAM_NAME: \"a b\" contains ' '"),

@@ -168,6 +168,9 @@ pub struct NatsSection {
     pub kv_bucket: String,
     /// Copies of the KV bucket the cluster keeps (1 to 5), used only when the node creates it.
     pub kv_replicas: u32,
+    /// A NATS credentials file (user JWT and nkey seed) to sign in with (env `NATS_CREDS`);
+    /// user and password or a token go into `url` instead.
+    pub credentials_file: Option<std::path::PathBuf>,
     /// Copies of the durable-delivery stream the cluster keeps (1 to 5), used only when the
     /// node creates it: with one copy, durable agents stop while the server holding it is
     /// down.
@@ -264,6 +267,7 @@ impl Default for NatsSection {
             kv_bucket: "AGENT_KV".to_string(),
             kv_replicas: 1,
             stream_replicas: 1,
+            credentials_file: None,
             connect_timeout_ms: 5000,
             ack_wait_ms: 30_000,
             max_deliver: 5,

@@ -32,7 +32,7 @@ pub(super) fn node_config(
         engine,
         defaults,
         llm: super::llm::llm(&root)?,
-        nats: nats(&root)?,
+        nats: nats(&root, source)?,
         agents: agents(&root, source)?,
         agent_override: Default::default(),
     })
@@ -279,7 +279,7 @@ fn replicas(s: &Section, field: &str, what: &str) -> Result<Option<u32>, FieldEr
     }
 }
 
-fn nats(root: &Section) -> Result<NatsSection, FieldError> {
+fn nats(root: &Section, source: Option<&Path>) -> Result<NatsSection, FieldError> {
     let s = root.section(
         "nats",
         &[
@@ -288,6 +288,7 @@ fn nats(root: &Section) -> Result<NatsSection, FieldError> {
             "kv_bucket",
             "kv_replicas",
             "stream_replicas",
+            "credentials_file",
             "connect_timeout_ms",
             "ack_wait_ms",
             "max_deliver",
@@ -325,6 +326,7 @@ fn nats(root: &Section) -> Result<NatsSection, FieldError> {
         kv_bucket,
         kv_replicas,
         stream_replicas,
+        credentials_file: path(&s, "credentials_file", "\"node.creds\"", source)?,
         connect_timeout_ms: s
             .positive(
                 "connect_timeout_ms",

@@ -72,6 +72,7 @@ fn no_file_means_the_documented_defaults() {
             kv_bucket: "AGENT_KV".into(),
             kv_replicas: 1,
             stream_replicas: 1,
+            credentials_file: None,
             connect_timeout_ms: 5000,
             ack_wait_ms: 30_000,
             max_deliver: 5,
@@ -129,6 +130,7 @@ stream_name = "MSGS"
 kv_bucket = "FLEET_KV"
 kv_replicas = 3
 stream_replicas = 3
+credentials_file = "/etc/agent-host/node.creds"
 connect_timeout_ms = 1500
 ack_wait_ms = 10000
 max_deliver = 7
@@ -174,6 +176,10 @@ manifest = "/etc/agents/sage.toml"
         ("FLEET_KV", 3)
     );
     assert_eq!(c.nats.stream_replicas, 3);
+    assert_eq!(
+        c.nats.credentials_file.as_deref(),
+        Some(std::path::Path::new("/etc/agent-host/node.creds"))
+    );
     assert_eq!(c.nats.connect_timeout_ms, 1500);
     assert_eq!(
         (
