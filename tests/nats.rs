@@ -27,6 +27,9 @@ mod kv;
 mod nats_server;
 #[path = "support/ollama.rs"]
 mod ollama;
+/// A client in another language (Python) talking to agents.
+#[path = "nats/other_languages.rs"]
+mod other_languages;
 mod support;
 /// The transport on its own.
 #[path = "nats/transport.rs"]
