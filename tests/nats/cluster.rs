@@ -96,6 +96,24 @@ async fn answer(client: &async_nats::Client, subject: &str, payload: &str) -> St
     ask_until_answered(client, subject, payload).await.0
 }
 
+/// [`answer`], asked again while the agent answers with an error, for up to 30 s: right
+/// after its server went, the KV bucket's copies elect a new leader, and a storage call
+/// until then fails (the probe agent replies `error: …`).
+async fn answer_once_storage_is_back(
+    client: &async_nats::Client,
+    subject: &str,
+    payload: &str,
+) -> String {
+    let started = Instant::now();
+    loop {
+        let text = answer(client, subject, payload).await;
+        if !text.starts_with("error:") || started.elapsed() > Duration::from_secs(30) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The URL of a server of `cluster` other than the one on `port`.
 fn another_server(cluster: &NatsCluster, port: u16) -> String {
     cluster
@@ -264,10 +282,11 @@ async fn a_node_whose_server_goes_down_fails_over_and_its_agents_keep_state_and_
     // losing one server loses nothing).
     assert_eq!(answer(&client, "agent.to.counter.cmd", "add 1").await, "6");
     assert_eq!(
-        answer(&client, "agent.to.probe.cmd", "kv-get note").await,
+        answer_once_storage_is_back(&client, "agent.to.probe.cmd", "kv-get note").await,
         "before"
     );
-    let revision = answer(&client, "agent.to.probe.cmd", "kv-set note after").await;
+    let revision =
+        answer_once_storage_is_back(&client, "agent.to.probe.cmd", "kv-set note after").await;
     assert!(
         revision.parse::<u64>().is_ok(),
         "kv-set gives the revision: {revision}"
