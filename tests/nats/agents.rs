@@ -433,3 +433,50 @@ async fn the_seed_environment_of_a_one_agent_process_configures_the_node_and_its
     assert!(js.get_stream("FLEET_MESSAGES").await.is_ok());
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_health_names_the_server_and_fails_while_the_node_is_cut_off() {
+    let Some(mut server) = NatsServer::start("nats host health") else {
+        return;
+    };
+    let node = crate::support::NodeProcess::start(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[nats]\nurl = \"{}\"\n",
+        server.url()
+    ));
+    let health = node.host(&["health"]);
+    let text = crate::support::stdout(&health);
+    assert!(health.status.success(), "{text}");
+    assert!(text.contains("status: ok"), "{text}");
+    let attached = format!(
+        "bus: nats, connected to agent-host-test at 127.0.0.1:{}",
+        server.port()
+    );
+    assert!(text.contains(&attached), "{text}");
+
+    tokio::task::block_in_place(|| server.stop());
+    let started = std::time::Instant::now();
+    let cut_off = loop {
+        let health = node.host(&["health"]);
+        if !health.status.success() {
+            break health;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "host health still succeeds with the server down: {}",
+            crate::support::stdout(&health)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = crate::support::stdout(&cut_off);
+    assert!(text.contains("status: degraded"), "{text}");
+    assert!(text.contains("DISCONNECTED"), "{text}");
+    assert!(
+        crate::support::stderr(&cut_off).contains("the node is degraded"),
+        "{}",
+        crate::support::stderr(&cut_off)
+    );
+    let json = node.host(&["health", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&crate::support::stdout(&json)).unwrap();
+    assert_eq!(report["bus"]["connected"], false, "{report}");
+    node.stop();
+}

@@ -70,6 +70,15 @@ pub enum Command {
         #[command(flatten)]
         control: ControlArg,
     },
+    /// The node's health: agents not running, and where the bus stands (NATS: connected to
+    /// which server). Exits non-zero when the node is degraded.
+    Health {
+        /// Print JSON (the same as GET /health).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArg,
+    },
     /// Show one agent: identity, version, state, counters, subscriptions and grants.
     Status {
         agent: String,

@@ -110,6 +110,21 @@ pub async fn client_verb(command: Command) -> anyhow::Result<()> {
                 print_table(&value);
             }
         }
+        Command::Health { json, control } => {
+            let value = ControlClient::connect(&control.path())
+                .await?
+                .call(&Request::Health)
+                .await?;
+            let report: crate::telemetry::health::HealthReport = serde_json::from_value(value)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            if !report.is_ok() {
+                anyhow::bail!("the node is degraded (see above)");
+            }
+        }
         Command::Status {
             agent,
             json,

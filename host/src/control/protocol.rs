@@ -38,6 +38,8 @@ pub enum Request {
         name: String,
     },
     List,
+    /// The node's health: agents not running, where the bus stands.
+    Health,
     Status {
         name: String,
     },

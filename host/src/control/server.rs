@@ -117,6 +117,9 @@ pub async fn handle(node: &Node, req: Request) -> Response {
         Request::Load(load) => node.load(load).await.map(Response::ok),
         Request::Unload { name } => node.unload(&name).await.map(Response::ok),
         Request::List => Ok(Response::ok(node.list().await)),
+        Request::Health => Ok(Response::ok(
+            crate::telemetry::health::HealthReport::of(node).await,
+        )),
         Request::Upgrade {
             name,
             component,

@@ -9,6 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 
+use super::health::HealthReport;
 use crate::node::Node;
 
 /// Serves until the returned task is aborted. Binding errors are returned at once.
@@ -35,28 +36,13 @@ pub async fn serve(
 /// 200 when every agent runs and the bus is connected, 503 ("degraded") otherwise; the
 /// body says which agents are not running and where the bus stands.
 async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let (agents_ok, agents) = node.health().await;
-    let bus = node.bus.state();
-    let ok = agents_ok && bus.connected;
-    let not_running: Vec<_> = agents
-        .iter()
-        .filter(|a| a.state != crate::agent::AgentState::Running)
-        .map(|a| serde_json::json!({"agent": a.name, "state": a.state, "last_error": a.last_error}))
-        .collect();
-    let body = serde_json::json!({
-        "status": if ok { "ok" } else { "degraded" },
-        "agents": agents.len(),
-        "not_running": not_running,
-        "bus": bus,
-    });
-    (
-        if ok {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        Json(body),
-    )
+    let report = HealthReport::of(&node).await;
+    let code = if report.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(report))
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {

@@ -1,5 +1,6 @@
 //! Logs, metrics and health: what an operator reads to know what the node is doing.
 
+pub mod health;
 pub mod http;
 pub mod metrics;
 

@@ -1,0 +1,109 @@
+//! What `/health` and `host health` report: one summary for a load balancer's probe, an
+//! operator's script and a person at the terminal.
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::AgentState;
+use crate::bus::BusState;
+use crate::node::Node;
+
+/// The node's health: `ok` when every agent runs and the bus is connected.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthReport {
+    /// `ok` or `degraded`.
+    pub status: String,
+    /// Agents loaded.
+    pub agents: usize,
+    /// The agents that are not running, with why.
+    pub not_running: Vec<NotRunning>,
+    pub bus: BusReport,
+}
+
+/// An agent that is not running.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotRunning {
+    pub agent: String,
+    pub state: AgentState,
+    pub last_error: Option<String>,
+}
+
+/// [`BusState`] as reported (owned, so a client can read it back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BusReport {
+    pub backend: String,
+    pub connected: bool,
+    pub server_name: Option<String>,
+    pub server_address: Option<String>,
+    pub reconnects: u64,
+    pub dropped: u64,
+}
+
+impl From<BusState> for BusReport {
+    fn from(s: BusState) -> BusReport {
+        BusReport {
+            backend: s.backend.to_string(),
+            connected: s.connected,
+            server_name: s.server_name,
+            server_address: s.server_address,
+            reconnects: s.reconnects,
+            dropped: s.dropped,
+        }
+    }
+}
+
+impl HealthReport {
+    pub async fn of(node: &Node) -> HealthReport {
+        let (agents_ok, agents) = node.health().await;
+        let bus = node.bus.state();
+        let ok = agents_ok && bus.connected;
+        HealthReport {
+            status: if ok { "ok" } else { "degraded" }.to_string(),
+            agents: agents.len(),
+            not_running: agents
+                .into_iter()
+                .filter(|a| a.state != AgentState::Running)
+                .map(|a| NotRunning {
+                    agent: a.name,
+                    state: a.state,
+                    last_error: a.last_error,
+                })
+                .collect(),
+            bus: bus.into(),
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.status == "ok"
+    }
+
+    /// For a terminal: the status, the bus, then each agent that is not running.
+    pub fn to_text(&self) -> String {
+        let bus = &self.bus;
+        let attached = match (&bus.server_name, &bus.server_address) {
+            (Some(name), Some(address)) => format!(" to {name} at {address}"),
+            _ => String::new(),
+        };
+        let link = if bus.connected {
+            format!("connected{attached}")
+        } else {
+            "DISCONNECTED (reconnecting by itself)".to_string()
+        };
+        let mut text = format!(
+            "status: {}\nagents: {} loaded, {} not running\nbus: {}, {link}; {} reconnect{}, {} dropped\n",
+            self.status,
+            self.agents,
+            self.not_running.len(),
+            bus.backend,
+            bus.reconnects,
+            if bus.reconnects == 1 { "" } else { "s" },
+            bus.dropped,
+        );
+        for a in &self.not_running {
+            let why = a.last_error.as_deref().unwrap_or("no error recorded");
+            let state = serde_json::to_value(a.state).unwrap_or_default();
+            let state = state.as_str().unwrap_or("?");
+            text.push_str(&format!("  {}: {state} ({why})\n", a.agent));
+        }
+        text
+    }
+}
