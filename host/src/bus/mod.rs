@@ -123,7 +123,7 @@ pub trait Transport: Send + Sync + 'static {
     /// is cut off from all of them.
     fn state(&self) -> BusState {
         BusState {
-            backend: "embedded",
+            backend: "embedded".to_string(),
             connected: true,
             server_name: None,
             server_address: None,
@@ -134,10 +134,10 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 /// Where a node's bus stands right now.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BusState {
     /// `embedded` or `nats`.
-    pub backend: &'static str,
+    pub backend: String,
     /// False while a NATS connection is lost (the client keeps reconnecting meanwhile).
     pub connected: bool,
     /// The NATS server this node is connected to, by its `server_name`.

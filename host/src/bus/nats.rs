@@ -381,7 +381,7 @@ impl Transport for NatsBus {
         let connected = self.is_connected();
         let info = connected.then(|| self.client.server_info());
         BusState {
-            backend: "nats",
+            backend: "nats".to_string(),
             connected,
             server_name: info.as_ref().map(|i| i.server_name.clone()),
             server_address: info.map(|i| format!("{}:{}", i.host, i.port)),

@@ -16,7 +16,7 @@ pub struct HealthReport {
     pub agents: usize,
     /// The agents that are not running, with why.
     pub not_running: Vec<NotRunning>,
-    pub bus: BusReport,
+    pub bus: BusState,
 }
 
 /// An agent that is not running.
@@ -25,30 +25,6 @@ pub struct NotRunning {
     pub agent: String,
     pub state: AgentState,
     pub last_error: Option<String>,
-}
-
-/// [`BusState`] as reported (owned, so a client can read it back).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BusReport {
-    pub backend: String,
-    pub connected: bool,
-    pub server_name: Option<String>,
-    pub server_address: Option<String>,
-    pub reconnects: u64,
-    pub dropped: u64,
-}
-
-impl From<BusState> for BusReport {
-    fn from(s: BusState) -> BusReport {
-        BusReport {
-            backend: s.backend.to_string(),
-            connected: s.connected,
-            server_name: s.server_name,
-            server_address: s.server_address,
-            reconnects: s.reconnects,
-            dropped: s.dropped,
-        }
-    }
 }
 
 impl HealthReport {
@@ -68,7 +44,7 @@ impl HealthReport {
                     last_error: a.last_error,
                 })
                 .collect(),
-            bus: bus.into(),
+            bus,
         }
     }
 
