@@ -37,6 +37,7 @@ show send agent.to.greeter.cmd "config greeting" --wait 2
 echo; echo "# the greeter's manifest does not grant this subject: the host refuses"
 show send agent.to.greeter.cmd "publish agent.secret.plans hi" --wait 2
 show status greeter
+show health
 echo; echo "\$ curl -s http://127.0.0.1:9464/metrics | grep messages_handled"
 (exec 3<>/dev/tcp/127.0.0.1/9464 && printf 'GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3 && grep messages_handled <&3) || true
 
