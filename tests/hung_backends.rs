@@ -107,6 +107,9 @@ impl Transport for HangingBus {
     fn max_payload(&self) -> usize {
         self.0.max_payload()
     }
+    fn state(&self) -> agent_host::bus::BusState {
+        self.0.state()
+    }
 }
 
 const PROBE: &str = "[agent]\nname = \"probe\"\n[messaging]\npublish = [\"hang.>\"]\n";

@@ -16,6 +16,14 @@ use crate::support::TestNode;
 
 const TALLY_ID: &str = "01936f11-4ea2-7000-8000-0000000000d3";
 
+/// Three servers for `test` (see [`NatsCluster::start`]), once JetStream can place three
+/// copies of a stream on them.
+async fn three_servers(test: &str) -> Option<NatsCluster> {
+    let cluster = NatsCluster::start(test, 3)?;
+    wait_until_jetstream_places(&cluster.servers[0].url(), 3).await;
+    Some(cluster)
+}
+
 /// Waits until the cluster has a JetStream leader and can place `replicas` copies of a
 /// stream, so a node creating its bucket with three copies does not race the cluster's
 /// formation (a probe stream, created and deleted).
@@ -201,11 +209,10 @@ async fn fail_over(cluster: &mut NatsCluster, node: &TestNode) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_on_nodes_attached_to_different_servers_serve_each_other_and_any_client() {
-    let Some(cluster) = NatsCluster::start("nats cluster: nodes on different servers", 3) else {
+    let Some(cluster) = three_servers("nats cluster: nodes on different servers").await else {
         return;
     };
     let urls: Vec<String> = cluster.servers.iter().map(|s| s.url()).collect();
-    wait_until_jetstream_places(&urls[0], 3).await;
 
     let a = node_on(urls[0].clone(), |_| {}).await;
     let echo = a.load("echo", "echo", "").await;
@@ -247,10 +254,9 @@ async fn agents_on_nodes_attached_to_different_servers_serve_each_other_and_any_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_server_goes_down_fails_over_and_its_agents_keep_state_and_storage() {
-    let Some(mut cluster) = NatsCluster::start("nats cluster: fail-over", 3) else {
+    let Some(mut cluster) = three_servers("nats cluster: fail-over").await else {
         return;
     };
-    wait_until_jetstream_places(&cluster.servers[0].url(), 3).await;
     // Given every server, the node picks one; which one does not matter to its agents.
     let t = node_on(cluster.urls(), |_| {}).await;
     t.load(
@@ -322,10 +328,9 @@ async fn stored_on(client: &async_nats::Client, subject: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_agent_loses_and_repeats_nothing_when_its_nodes_server_goes_down() {
-    let Some(mut cluster) = NatsCluster::start("nats cluster: durable fail-over", 3) else {
+    let Some(mut cluster) = three_servers("nats cluster: durable fail-over").await else {
         return;
     };
-    wait_until_jetstream_places(&cluster.servers[0].url(), 3).await;
     // Requests to a durable agent: in a cluster a request's stream copy can overtake it.
     let t = node_on(cluster.urls(), |c| c.nats.request_pairing_wait_ms = 500).await;
     t.load("tally", "tally", &durable_manifest("tally", TALLY_ID, ""))
@@ -373,11 +378,10 @@ async fn a_durable_agent_loses_and_repeats_nothing_when_its_nodes_server_goes_do
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_from_another_server_to_a_durable_agent_each_get_their_own_reply() {
-    let Some(cluster) = NatsCluster::start("nats cluster: durable requests", 3) else {
+    let Some(cluster) = three_servers("nats cluster: durable requests").await else {
         return;
     };
     let urls: Vec<String> = cluster.servers.iter().map(|s| s.url()).collect();
-    wait_until_jetstream_places(&urls[0], 3).await;
     let t = node_on(urls[0].clone(), |_| {}).await;
     let id = "01936f11-4ea2-7000-8000-0000000000d4";
     t.load("echo", "echo", &durable_manifest("echo", id, ""))

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::trie::Routes;
 use super::{
-    subscription_channel, BusError, BusMessage, Delivery, Sink, Subscription, Transport,
+    subscription_channel, BusError, BusMessage, BusState, Delivery, Sink, Subscription, Transport,
     DEFAULT_MAX_PAYLOAD,
 };
 use crate::subjects;
@@ -239,6 +239,18 @@ impl Transport for EmbeddedBus {
 
     fn max_payload(&self) -> usize {
         self.shared.max_payload
+    }
+
+    /// In process: always connected, to no server.
+    fn state(&self) -> BusState {
+        BusState {
+            backend: "embedded".to_string(),
+            connected: true,
+            server_name: None,
+            server_address: None,
+            reconnects: 0,
+            dropped: self.dropped(),
+        }
     }
 }
 

@@ -121,16 +121,7 @@ pub trait Transport: Send + Sync + 'static {
     /// Whether the bus is up and where it is attached, for `/health` and the metrics: an
     /// operator of a NATS cluster needs to see which server a node is on and whether it
     /// is cut off from all of them.
-    fn state(&self) -> BusState {
-        BusState {
-            backend: "embedded".to_string(),
-            connected: true,
-            server_name: None,
-            server_address: None,
-            reconnects: 0,
-            dropped: self.dropped(),
-        }
-    }
+    fn state(&self) -> BusState;
 }
 
 /// Where a node's bus stands right now.

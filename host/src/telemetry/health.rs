@@ -7,11 +7,27 @@ use crate::agent::AgentState;
 use crate::bus::BusState;
 use crate::node::Node;
 
-/// The node's health: `ok` when every agent runs and the bus is connected.
+/// `ok` when every agent runs and the bus is connected, else `degraded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthStatus {
+    Ok,
+    Degraded,
+}
+
+impl HealthStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Ok => "ok",
+            HealthStatus::Degraded => "degraded",
+        }
+    }
+}
+
+/// The node's health.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HealthReport {
-    /// `ok` or `degraded`.
-    pub status: String,
+    pub status: HealthStatus,
     /// Agents loaded.
     pub agents: usize,
     /// The agents that are not running, with why.
@@ -33,7 +49,11 @@ impl HealthReport {
         let bus = node.bus.state();
         let ok = agents_ok && bus.connected;
         HealthReport {
-            status: if ok { "ok" } else { "degraded" }.to_string(),
+            status: if ok {
+                HealthStatus::Ok
+            } else {
+                HealthStatus::Degraded
+            },
             agents: agents.len(),
             not_running: agents
                 .into_iter()
@@ -49,7 +69,7 @@ impl HealthReport {
     }
 
     pub fn is_ok(&self) -> bool {
-        self.status == "ok"
+        self.status == HealthStatus::Ok
     }
 
     /// For a terminal: the status, the bus, then each agent that is not running.
@@ -66,7 +86,7 @@ impl HealthReport {
         };
         let mut text = format!(
             "status: {}\nagents: {} loaded, {} not running\nbus: {}, {link}; {} reconnect{}, {} dropped\n",
-            self.status,
+            self.status.as_str(),
             self.agents,
             self.not_running.len(),
             bus.backend,

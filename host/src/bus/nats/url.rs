@@ -6,6 +6,8 @@
 //! sign-in; the servers go to the client without them, and every log line and error shows
 //! the URL with the secret masked.
 
+use std::path::Path;
+
 use percent_encoding::percent_decode_str;
 
 /// How the node signs in to NATS.
@@ -41,18 +43,15 @@ impl NatsUrl {
     /// Credentials may be percent-encoded (`p%40ss` for `p@ss`); servers that carry
     /// different ones are refused, since one connection signs in once.
     pub fn parse(url: &str) -> Result<NatsUrl, String> {
+        let shown = redacted(url);
         let mut servers = Vec::new();
         let mut sign_in: Option<SignIn> = None;
-        for server in url.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (scheme, rest) = match server.split_once("://") {
-                Some((scheme, rest)) => (format!("{scheme}://"), rest),
-                None => (String::new(), server),
-            };
-            let Some((userinfo, host)) = rest.rsplit_once('@') else {
-                servers.push(server.to_string());
+        for server in servers_of(url) {
+            let (scheme, userinfo, host) = parts(server);
+            servers.push(format!("{scheme}{host}"));
+            let Some(userinfo) = userinfo else {
                 continue;
             };
-            servers.push(format!("{scheme}{host}"));
             let this = match userinfo.split_once(':') {
                 Some((user, password)) => SignIn::UserPassword {
                     user: decode(user),
@@ -60,23 +59,78 @@ impl NatsUrl {
                 },
                 None => SignIn::Token(decode(userinfo)),
             };
-            match &sign_in {
-                Some(earlier) if *earlier != this => {
-                    return Err(format!(
-                        "the servers in [nats] url (or NATS_URL) {} carry different credentials; \
-                         a node signs in once: give the same user and password (or token) on each, \
-                         or on one of them",
-                        redacted(url)
-                    ))
-                }
-                _ => sign_in = Some(this),
+            if sign_in.as_ref().is_some_and(|earlier| *earlier != this) {
+                return Err(format!(
+                    "the servers in [nats] url (or NATS_URL) {shown} carry different credentials; \
+                     a node signs in once: give the same user and password (or token) on each, \
+                     or on one of them"
+                ));
             }
+            sign_in = Some(this);
+        }
+        if servers.is_empty() {
+            return Err(format!(
+                "[nats] url (or NATS_URL) {url:?} names no server; expected one or more URLs \
+                 like \"nats://127.0.0.1:4222\", comma-separated"
+            ));
         }
         Ok(NatsUrl {
             servers,
             sign_in,
-            shown: redacted(url),
+            shown,
         })
+    }
+
+    /// The client's options for signing in: the URL's credentials, or `credentials_file`
+    /// (a `.creds` file: user JWT and nkey seed), never both.
+    pub async fn sign_in_options(
+        &self,
+        credentials_file: Option<&Path>,
+    ) -> Result<async_nats::ConnectOptions, String> {
+        Ok(match (&self.sign_in, credentials_file) {
+            (Some(_), Some(file)) => {
+                return Err(format!(
+                    "both [nats] url ({}) and [nats] credentials_file ({}) carry credentials; \
+                     a node signs in once: keep one of them",
+                    self.shown,
+                    file.display()
+                ))
+            }
+            (None, Some(file)) => async_nats::ConnectOptions::with_credentials_file(file)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot use the NATS credentials file {} ([nats] credentials_file or NATS_CREDS): {e}; \
+                         expected a .creds file with a user JWT and its nkey seed, as `nsc generate creds` writes",
+                        file.display()
+                    )
+                })?,
+            (Some(SignIn::UserPassword { user, password }), None) => {
+                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            (Some(SignIn::Token(token)), None) => {
+                async_nats::ConnectOptions::with_token(token.clone())
+            }
+            (None, None) => async_nats::ConnectOptions::new(),
+        })
+    }
+}
+
+/// The servers of a comma-separated list, trimmed, empty entries left out.
+fn servers_of(url: &str) -> impl Iterator<Item = &str> {
+    url.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// `nats://user:pass@host:4222` → (`nats://`, `Some("user:pass")`, `host:4222`). The last
+/// `@` ends the credentials, so an unencoded `@` in a password still parses.
+fn parts(server: &str) -> (&str, Option<&str>, &str) {
+    let (scheme, rest) = match server.find("://") {
+        Some(at) => server.split_at(at + 3),
+        None => ("", server),
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => (scheme, Some(userinfo), host),
+        None => (scheme, None, rest),
     }
 }
 
@@ -87,25 +141,14 @@ fn decode(text: &str) -> String {
 /// `url` with every server's password or token masked (`nats://user:***@host:4222`,
 /// `nats://***@host:4222`): a node's log and its errors end up in places the NATS
 /// credentials must not.
-pub fn redacted(url: &str) -> String {
-    url.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|server| {
-            let (scheme, rest) = server.split_once("://").unwrap_or(("", server));
-            let Some((userinfo, host)) = rest.rsplit_once('@') else {
-                return server.to_string();
-            };
-            let masked = match userinfo.split_once(':') {
-                Some((user, _password)) => format!("{user}:***"),
-                None => "***".to_string(),
-            };
-            let scheme = if scheme.is_empty() {
-                String::new()
-            } else {
-                format!("{scheme}://")
-            };
-            format!("{scheme}{masked}@{host}")
+fn redacted(url: &str) -> String {
+    servers_of(url)
+        .map(|server| match parts(server) {
+            (scheme, Some(userinfo), host) => match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{scheme}{user}:***@{host}"),
+                None => format!("{scheme}***@{host}"),
+            },
+            (_, None, _) => server.to_string(),
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -156,6 +199,13 @@ mod tests {
         assert!(err.contains("different credentials"), "{err}");
         assert!(err.contains("nats://a:***@n1:4222"), "{err}");
         assert!(!err.contains("pw-1x") && !err.contains("pw-2y"), "{err}");
+    }
+
+    #[test]
+    fn a_url_without_a_server_is_refused_with_the_expected_form() {
+        let err = NatsUrl::parse(" , ").unwrap_err();
+        assert!(err.contains("names no server"), "{err}");
+        assert!(err.contains("nats://127.0.0.1:4222"), "{err}");
     }
 
     #[test]
