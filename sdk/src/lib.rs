@@ -30,6 +30,7 @@ pub mod bindings {
 
 #[doc(hidden)]
 pub mod __private;
+pub mod alloc;
 mod error;
 pub mod kv;
 pub mod llm;
