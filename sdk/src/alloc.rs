@@ -17,8 +17,8 @@
 //! file tests hung that way); a block of its own is released correctly by either side.
 //! Larger blocks, and blocks aligned to more than 8 bytes, go to the system allocator.
 //!
-//! The trade-off: memory freed into a size class stays in that class (it is not returned to
-//! the system allocator), so an agent keeps at most its peak use of each small size. An
+//! The trade-off: up to [`MAX_HELD`] freed blocks per size class (≈ 63 KiB in all) stay
+//! with their class instead of going back to the system allocator. An
 //! agent that wants another allocator turns off the SDK's default `small-alloc` feature and
 //! declares its own `#[global_allocator]`.
 //!
@@ -38,9 +38,16 @@ pub const MAX_SMALL: usize = MIN_SMALL << (CLASSES - 1);
 /// `malloc` guarantees, so refilling a class never needs its slower aligned path.
 const SMALL_ALIGN: usize = 8;
 
+/// Free blocks a size class keeps at most; more go back to the system allocator. A message
+/// needs a handful, and the cap bounds what the lists hold to 64 × (16 + 32 + … + 512) bytes
+/// ≈ 63 KiB, so a burst of small allocations does not stay out of the general heap.
+const MAX_HELD: u32 = 64;
+
 struct Pools {
     /// Head of each size class's free list; a free block holds the next one's address.
     free: [*mut u8; CLASSES],
+    /// Blocks on each free list.
+    held: [u32; CLASSES],
 }
 
 /// Size-class allocator over the system allocator. Not thread-safe: one per agent instance,
@@ -58,6 +65,7 @@ impl SmallAlloc {
         SmallAlloc {
             pools: UnsafeCell::new(Pools {
                 free: [null_mut(); CLASSES],
+                held: [0; CLASSES],
             }),
         }
     }
@@ -99,6 +107,7 @@ unsafe impl GlobalAlloc for SmallAlloc {
         if !head.is_null() {
             // SAFETY: a free block's first word is the next free block (see `dealloc`).
             pools.free[class] = unsafe { head.cast::<*mut u8>().read() };
+            pools.held[class] -= 1;
             return head;
         }
         // An empty class: a new block from the system allocator, at the class's full size.
@@ -116,11 +125,19 @@ unsafe impl GlobalAlloc for SmallAlloc {
         let Some(class) = class_of(layout) else {
             return unsafe { System.dealloc(ptr, layout) };
         };
-        // SAFETY: as in `alloc`; the block is at least 16 bytes, aligned for a pointer.
-        // It stays allocated in the system allocator, owned by the free list.
+        // SAFETY: as in `alloc`.
         let pools = unsafe { &mut *self.pools.get() };
+        if pools.held[class] >= MAX_HELD {
+            // SAFETY: the block came from the system allocator at its class's size.
+            let whole =
+                unsafe { Layout::from_size_align_unchecked(class_size(class), SMALL_ALIGN) };
+            return unsafe { System.dealloc(ptr, whole) };
+        }
+        // SAFETY: the block is at least 16 bytes, aligned for a pointer. It stays allocated
+        // in the system allocator, owned by the free list.
         unsafe { ptr.cast::<*mut u8>().write(pools.free[class]) };
         pools.free[class] = ptr;
+        pools.held[class] += 1;
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -210,6 +227,31 @@ mod tests {
         }
         for (p, l, _) in blocks {
             unsafe { a.dealloc(p, l) };
+        }
+    }
+
+    #[test]
+    fn a_class_keeps_at_most_max_held_free_blocks() {
+        let a = SmallAlloc::new();
+        let l = layout(24, 8);
+        unsafe {
+            let blocks: Vec<_> = (0..MAX_HELD + 10).map(|_| a.alloc(l)).collect();
+            for &p in &blocks {
+                a.dealloc(p, l);
+            }
+            let pools = &*a.pools.get();
+            assert_eq!(pools.held[1], MAX_HELD, "the rest went back to the system");
+            let mut listed = 0;
+            let mut p = pools.free[1];
+            while !p.is_null() {
+                listed += 1;
+                p = p.cast::<*mut u8>().read();
+            }
+            assert_eq!(listed, MAX_HELD);
+            // What the list holds is handed out again before anything new.
+            let again: Vec<_> = (0..MAX_HELD).map(|_| a.alloc(l)).collect();
+            assert!(again.iter().all(|p| blocks.contains(p)));
+            assert_eq!((*a.pools.get()).held[1], 0);
         }
     }
 
