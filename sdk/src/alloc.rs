@@ -8,7 +8,7 @@
 //! nats`). Here a freed block of at most [`MAX_SMALL`] bytes goes onto the free list of its
 //! power-of-two size class and the next allocation of that class takes it back, so a
 //! message's allocations reuse the previous message's blocks: the echo's own code went from
-//! 3,112 to 1,940 instructions per message.
+//! 3,112 to 1,990 instructions per message.
 //!
 //! Every block is still a block of the system allocator, allocated there at its class's
 //! size: the component has one `cabi_realloc`, which allocates through Rust's global
@@ -18,9 +18,9 @@
 //! Larger blocks, and blocks aligned to more than 8 bytes, go to the system allocator.
 //!
 //! The trade-off: up to [`MAX_HELD`] freed blocks per size class (≈ 63 KiB in all) stay
-//! with their class instead of going back to the system allocator. An
-//! agent that wants another allocator turns off the SDK's default `small-alloc` feature and
-//! declares its own `#[global_allocator]`.
+//! with their class instead of going back to the system allocator. An agent that wants
+//! another allocator turns off the SDK's default `small-alloc` feature and declares its own
+//! `#[global_allocator]`.
 //!
 //! Agents run single-threaded (wasm32-wasip2 without the atomics feature), which is what
 //! lets the free lists go without a lock; the global allocator is only installed there.
@@ -41,7 +41,7 @@ const SMALL_ALIGN: usize = 8;
 /// Free blocks a size class keeps at most; more go back to the system allocator. A message
 /// needs a handful, and the cap bounds what the lists hold to 64 × (16 + 32 + … + 512) bytes
 /// ≈ 63 KiB, so a burst of small allocations does not stay out of the general heap.
-const MAX_HELD: u32 = 64;
+pub const MAX_HELD: u32 = 64;
 
 struct Pools {
     /// Head of each size class's free list; a free block holds the next one's address.
@@ -50,14 +50,17 @@ struct Pools {
     held: [u32; CLASSES],
 }
 
-/// Size-class allocator over the system allocator. Not thread-safe: one per agent instance,
-/// which runs one thread.
+/// Size-class allocator over the system allocator. Not thread-safe: it is `Sync`, and so
+/// usable as a global allocator, only on single-threaded wasm, where each agent instance
+/// runs one thread.
 pub struct SmallAlloc {
     pools: UnsafeCell<Pools>,
 }
 
-// SAFETY: only installed as the global allocator on wasm without threads (see the module
-// docs); the tests use their own instance from one thread.
+// SAFETY: wasm without the atomics feature has one thread, so the pools are never touched
+// from two at once. Elsewhere the type is not `Sync`: it cannot be shared between threads
+// (the tests use their own instance on one thread).
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
 unsafe impl Sync for SmallAlloc {}
 
 impl SmallAlloc {
