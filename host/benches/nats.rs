@@ -193,6 +193,27 @@ async fn load_with(
     }
 }
 
+/// One [`load_with`] run of each of `subjects`, back to back: in the order given, or in
+/// reverse when `reverse` (so neither side of a ratio is always the one measured first,
+/// after the other's load or as the machine drifts). The runs come back in the order given.
+async fn load_each<const N: usize>(
+    client: &async_nats::Client,
+    subjects: [&'static str; N],
+    server: &str,
+    requesters: u64,
+    reverse: bool,
+) -> [Run; N] {
+    let mut runs: [Option<Run>; N] = std::array::from_fn(|_| None);
+    let mut order: Vec<usize> = (0..N).collect();
+    if reverse {
+        order.reverse();
+    }
+    for i in order {
+        runs[i] = Some(load_with(client, subjects[i], server, requesters).await);
+    }
+    runs.map(|run| run.expect("every subject ran"))
+}
+
 /// Loads only `subject` for `NATS_BENCH_SECONDS`, so a profiler sees one path.
 async fn soak(client: &async_nats::Client, subject: &str, server: &str) {
     let subject: &'static str = Box::leak(subject.to_string().into_boxed_str());
@@ -365,18 +386,16 @@ async fn main() {
     let (mut host_writes, mut native_writes, mut raw_writes) = (vec![], vec![], vec![]);
     let mut stamped_ratios = vec![];
     for round in 0..knob("NATS_BENCH_ROUNDS", RUNS as u64) {
-        // Every other round runs the variants in reverse order, so neither side of a ratio
-        // is always the one measured first (after the other's load, or as the machine
-        // drifts).
         let reverse = round % 2 == 1;
         if quick {
-            let (host, raw) = if reverse {
-                let raw = load(&client, "raw.echo", pid).await;
-                (load(&client, "agent.to.echo.x", pid).await, raw)
-            } else {
-                let host = load(&client, "agent.to.echo.x", pid).await;
-                (host, load(&client, "raw.echo", pid).await)
-            };
+            let [host, raw] = load_each(
+                &client,
+                ["agent.to.echo.x", "raw.echo"],
+                pid,
+                requesters(),
+                reverse,
+            )
+            .await;
             ratios.push(host.per_s / raw.per_s);
             host_cpu.push(host.cpu_us);
             raw_cpu.push(raw.cpu_us);
@@ -384,22 +403,19 @@ async fn main() {
             raw_server_cpu.push(raw.server_cpu_us);
             continue;
         }
-        let mut order = [
-            "agent.to.echo.x",
-            "raw.echo",
-            "agent.to.native-echo.x",
-            "raw.echo.stamped",
-        ];
-        if reverse {
-            order.reverse();
-        }
-        let mut runs = std::collections::HashMap::new();
-        for subject in order {
-            runs.insert(subject, load(&client, subject, pid).await);
-        }
-        let mut take = |subject| runs.remove(subject).expect("every variant ran");
-        let (host, raw) = (take("agent.to.echo.x"), take("raw.echo"));
-        let (native, stamped) = (take("agent.to.native-echo.x"), take("raw.echo.stamped"));
+        let [host, raw, native, stamped] = load_each(
+            &client,
+            [
+                "agent.to.echo.x",
+                "raw.echo",
+                "agent.to.native-echo.x",
+                "raw.echo.stamped",
+            ],
+            pid,
+            requesters(),
+            reverse,
+        )
+        .await;
         ratios.push(host.per_s / raw.per_s);
         native_ratios.push(native.per_s / raw.per_s);
         stamped_ratios.push(host.per_s / stamped.per_s);
@@ -420,8 +436,6 @@ async fn main() {
         native_writes.push(native.writes);
         raw_writes.push(raw.writes);
     }
-    // Medians of the per-round ratios: each round runs host and raw back to back, so
-    // machine noise hits both sides of a ratio alike.
     // The spread of the per-round ratios: how far one round on this machine can be trusted.
     emit(
         "nats_ratio_vs_raw_p25",
@@ -433,6 +447,8 @@ async fn main() {
         common::percentile(&mut ratios.clone(), 0.75),
         "ratio",
     );
+    // Medians of the per-round ratios: each round runs host and raw back to back, so
+    // machine noise hits both sides of a ratio alike.
     emit("nats_ratio_vs_raw", median(ratios), "ratio");
     emit("nats_process_cpu_us_per_request", median(host_cpu), "us");
     emit("raw_nats_process_cpu_us_per_request", median(raw_cpu), "us");
@@ -522,16 +538,14 @@ async fn main() {
     for in_flight in [8, 128] {
         let mut ratios = Vec::new();
         for round in 0..7 {
-            let (host, raw) = if round % 2 == 1 {
-                let raw = load_with(&client, "raw.echo", pid, in_flight).await;
-                (
-                    load_with(&client, "agent.to.echo.x", pid, in_flight).await,
-                    raw,
-                )
-            } else {
-                let host = load_with(&client, "agent.to.echo.x", pid, in_flight).await;
-                (host, load_with(&client, "raw.echo", pid, in_flight).await)
-            };
+            let [host, raw] = load_each(
+                &client,
+                ["agent.to.echo.x", "raw.echo"],
+                pid,
+                in_flight,
+                round % 2 == 1,
+            )
+            .await;
             ratios.push(host.per_s / raw.per_s);
         }
         emit(

@@ -5,17 +5,23 @@ use async_nats::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::bus::{BusError, BusMessage};
 
+/// Up to this many headers, [`to_nats_headers`] looks for repeated names (a pairwise check).
+const FEW_HEADERS: usize = 8;
+
 /// Host headers to NATS headers. Refuses what would break the NATS text protocol (CR or LF
 /// anywhere, ':' or whitespace in a name), which the embedded bus has no reason to check.
 pub(super) fn to_nats_headers(headers: Vec<(String, String)>) -> Result<HeaderMap, BusError> {
     let mut map = HeaderMap::new();
     // Each name once (the usual case, e.g. only the stamped Agent-Ref): one hash per header
     // with `insert` instead of two with `append`. Names equal but for case count as repeats.
-    let names_unique = headers.iter().enumerate().all(|(i, (key, _))| {
-        !headers[..i]
-            .iter()
-            .any(|(earlier, _)| earlier.eq_ignore_ascii_case(key))
-    });
+    // The check compares every pair, so it is made only for a few headers: an agent may
+    // send up to max_payload of them, and `append` is right for any number.
+    let names_unique = headers.len() <= FEW_HEADERS
+        && headers.iter().enumerate().all(|(i, (key, _))| {
+            !headers[..i]
+                .iter()
+                .any(|(earlier, _)| earlier.eq_ignore_ascii_case(key))
+        });
     for (key, value) in headers {
         // The client's own rule for names (printable ASCII, no ':'), so the conversion
         // below cannot fail; and no line break in a value, which its conversion panics on.
@@ -158,6 +164,22 @@ mod tests {
         let mut values: Vec<_> = back.headers.iter().map(|(_, v)| v.as_str()).collect();
         values.sort();
         assert_eq!(values, ["a", "b"], "{:?}", back.headers);
+    }
+
+    #[test]
+    fn many_headers_keep_every_value_repeated_names_included() {
+        let headers: Vec<(String, String)> = (0..200)
+            .map(|i| (format!("X-{}", i % 50), i.to_string()))
+            .collect();
+        let back = received(to_nats_headers(headers).unwrap());
+        assert_eq!(back.headers.len(), 200);
+        let of_x7: Vec<_> = back
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "X-7")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(of_x7, ["7", "57", "107", "157"], "repeats keep their order");
     }
 
     #[test]
