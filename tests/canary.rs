@@ -264,10 +264,14 @@ async fn a_canary_whose_error_rate_breaches_its_gate_rolls_back_by_itself_losing
     );
     stop.store(true, Ordering::Release);
     let streamed = client.await.unwrap();
+    let status = t.node.status("counter").await.unwrap();
+    eprintln!(
+        "{} adds streamed; traps {} restarts {} last error {:?}; events {:#?}",
+        streamed.sent, status.traps, status.restarts, status.last_error, status.events
+    );
     streamed.assert_exactly_once_in_order();
     assert_eq!(t.ask(CMD, "get").await, streamed.sent.to_string());
 
-    let status = t.node.status("counter").await.unwrap();
     assert_eq!(
         (status.version.as_str(), status.previous_version.clone()),
         ("0.1.0", None)

@@ -196,7 +196,7 @@ pub async fn instantiate(
         limits.counts,
         caps.messaging.metrics.clone(),
     );
-    let watch = HostCallWatch::new(limits.host_call_limit);
+    let watch = HostCallWatch::new(limits.host_call_limit, engine.tick());
     let data = AgentStore {
         wasi,
         table: ResourceTable::new(),

@@ -265,6 +265,9 @@ pub struct HostCallTooLong {
 /// largest single cost of the component call on the message path).
 pub struct HostCallWatch {
     limit: Duration,
+    /// The most wall time the first check may charge (two epoch ticks): see
+    /// [`Self::running_time`].
+    first_check_cap: u64,
     /// Nanoseconds since [`origin`] when the current export call began.
     started: AtomicU64,
     /// Nanoseconds since [`origin`] when the current call last returned `Pending`; 0 while
@@ -293,11 +296,14 @@ fn since_origin(at: Instant) -> u64 {
 }
 
 impl HostCallWatch {
-    /// A watch that abandons calls blocked in one host call for longer than `limit`.
-    pub fn new(limit: Duration) -> Arc<HostCallWatch> {
+    /// A watch that abandons calls blocked in one host call for longer than `limit`, for an
+    /// engine whose epoch advances every `epoch_tick` (when the CPU budget is checked).
+    pub fn new(limit: Duration, epoch_tick: Duration) -> Arc<HostCallWatch> {
         origin();
         Arc::new(HostCallWatch {
             limit,
+            first_check_cap: u64::try_from(epoch_tick.as_nanos().saturating_mul(2))
+                .unwrap_or(u64::MAX),
             started: AtomicU64::new(since_origin(Instant::now())),
             waiting_since: AtomicU64::new(0),
             waited: AtomicU64::new(0),
@@ -369,6 +375,14 @@ impl HostCallWatch {
     /// polls, which a machine whose cores are taken by other work does not inflate either.
     /// Most calls end before the first check and never read the thread clock (a system
     /// call).
+    ///
+    /// The first check charges at most two epoch ticks: a call that runs is checked within
+    /// about a tick of its start, so wall time beyond that was spent off the CPU (its thread
+    /// preempted, or its virtual CPU stolen by the hypervisor, for hundreds of ms on a
+    /// shared machine). Charging it tripped the budget of calls that had run for
+    /// microseconds, and the trap restarted the agent from its last snapshot, losing the
+    /// messages since. The price: when the epoch ticker itself runs late, a call may run
+    /// that much longer uncharged before the checks measure it.
     pub fn running_time(&self) -> Duration {
         if self.precise.load(Ordering::Relaxed) {
             let current =
@@ -380,7 +394,8 @@ impl HostCallWatch {
         // Charge the wall time so far less the waits, and measure the rest in CPU time.
         let wall = since_origin(Instant::now())
             .saturating_sub(self.started.load(Ordering::Relaxed))
-            .saturating_sub(self.waited.load(Ordering::Relaxed));
+            .saturating_sub(self.waited.load(Ordering::Relaxed))
+            .min(self.first_check_cap);
         self.polled.store(wall, Ordering::Relaxed);
         self.poll_cpu_began
             .store(thread_cpu_nanos(), Ordering::Relaxed);
@@ -463,6 +478,9 @@ pub fn describe_trap(trap: &wasmtime::Error, memory_refused: bool) -> (String, O
 mod tests {
     use super::*;
 
+    /// The node's default epoch tick.
+    const TICK: Duration = Duration::from_millis(10);
+
     #[test]
     fn counts_default_to_what_the_pool_allows_and_may_not_exceed_it() {
         let pool = InstanceCounts::default();
@@ -510,7 +528,7 @@ mod tests {
     #[tokio::test]
     async fn only_a_call_stuck_in_one_host_call_is_abandoned() {
         let limit = Duration::from_millis(60);
-        let watch = HostCallWatch::new(limit);
+        let watch = HostCallWatch::new(limit, TICK);
         let stuck = watch.bound(async {
             tokio::time::sleep(limit * 4).await;
             Ok(())
@@ -538,7 +556,7 @@ mod tests {
     #[tokio::test]
     async fn a_call_that_keeps_yielding_is_not_abandoned() {
         let limit = Duration::from_millis(40);
-        let watch = HostCallWatch::new(limit);
+        let watch = HostCallWatch::new(limit, TICK);
         let started = Instant::now();
         watch
             .bound(async {
@@ -554,7 +572,7 @@ mod tests {
     /// Time the call spends waiting (not polled) is not charged; time it is polled is.
     #[tokio::test]
     async fn a_call_is_charged_the_time_it_runs_not_the_time_it_waits() {
-        let watch = HostCallWatch::new(Duration::from_secs(5));
+        let watch = HostCallWatch::new(Duration::from_secs(5), Duration::from_millis(50));
         let charged = watch
             .bound(async {
                 tokio::time::sleep(Duration::from_millis(80)).await;
@@ -566,6 +584,27 @@ mod tests {
         assert!(
             charged >= Duration::from_millis(20) && charged < Duration::from_millis(70),
             "charged {charged:?} for 20 ms of work and 80 ms of waiting"
+        );
+    }
+
+    /// A call whose thread is off the CPU before the budget is first checked (preempted, or
+    /// its virtual CPU stolen) is not charged that time: it has not used it.
+    #[tokio::test]
+    async fn time_off_the_cpu_before_the_first_check_is_not_charged() {
+        let watch = HostCallWatch::new(Duration::from_secs(5), TICK);
+        let charged = watch
+            .bound(async {
+                // Neither running nor waiting on the host: what a preempted thread looks like.
+                std::thread::sleep(Duration::from_millis(300));
+                let first = watch.running_time();
+                std::thread::sleep(Duration::from_millis(300));
+                Ok((first, watch.running_time()))
+            })
+            .await
+            .unwrap();
+        assert!(
+            charged.0 <= TICK * 2 && charged.1 < TICK * 3,
+            "charged {charged:?} for 600 ms off the CPU (the budget's checks every {TICK:?})"
         );
     }
 }
