@@ -389,7 +389,10 @@ async fn requests_from_another_server_to_a_durable_agent_each_get_their_own_repl
         return;
     };
     let urls: Vec<String> = cluster.servers.iter().map(|s| s.url()).collect();
-    let t = node_on(urls[0].clone(), |_| {}).await;
+    // Without a pairing wait a request whose stream copy wins the race goes unanswered: 6
+    // of the 100 did in one clean-clone CI run. The wait is what an operator sets in a
+    // cluster (the node warns when it is 0 there).
+    let t = node_on(urls[0].clone(), |c| c.nats.request_pairing_wait_ms = 500).await;
     let id = "01936f11-4ea2-7000-8000-0000000000d4";
     t.load("echo", "echo", &durable_manifest("echo", id, ""))
         .await;
