@@ -60,9 +60,18 @@ impl BusMessage {
     /// The first value of header `key`, compared case-insensitively as NATS (and HTTP)
     /// header names are.
     pub fn header(&self, key: &str) -> Option<&str> {
+        self.header_values(key).next()
+    }
+
+    /// Every value of header `key` in order (NATS keeps repeats), names compared as in
+    /// [`Self::header`].
+    pub fn header_values<'a, 'k>(
+        &'a self,
+        key: &'k str,
+    ) -> impl Iterator<Item = &'a str> + use<'a, 'k> {
         self.headers
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(key))
             .map(|(_, v)| v.as_str())
     }
 }

@@ -224,8 +224,10 @@ impl DurableDelivery {
     /// busy 2-core machine). The wait delays plain publishes, so it stays the operator's
     /// choice; the log says the choice is there to make.
     fn warn_of_unpaired_requests(&self) {
-        let info = self.client.server_info();
-        if let (Some(cluster), true) = (&info.cluster, self.settings.pairing_wait.is_zero()) {
+        if !self.settings.pairing_wait.is_zero() {
+            return;
+        }
+        if let Some(cluster) = &self.client.server_info().cluster {
             tracing::warn!(
                 url = %self.url,
                 cluster = %cluster,
