@@ -11,7 +11,8 @@
 //! `NATS_BENCH_RUN_MS` (length of one timed run, 1000), `NATS_BENCH_ROUNDS` (rounds, 15),
 //! `NATS_BENCH_QUICK=1` (only the host and the raw responder, no durable run),
 //! `NATS_BENCH_DURABLE_ONLY=1` with `NATS_BENCH_DURABLE_RUNS=N` (only durable backlogs, to
-//! hunt consumer stalls; `NATS_BENCH_MAX_ACK_PENDING`, default 64, sets the pull batch). For a
+//! hunt consumer stalls; `NATS_BENCH_MAX_ACK_PENDING`, default 64, sets the pull batch;
+//! `NATS_BENCH_PAIRING_WAIT_MS` the durable pairing wait, default the node's). For a
 //! profiler: `NATS_BENCH_SOAK=SUBJECT` loads only that subject (`agent.to.echo.x`,
 //! `agent.to.native-echo.x`, `raw.echo`, `raw.echo.stamped`) for `NATS_BENCH_SECONDS`
 //! (20) and prints its rate and CPU per request. `RUST_LOG` turns on the node's log.
@@ -334,6 +335,11 @@ async fn main() {
     // A durable consumer's pull batch is its max_ack_pending: a small one makes pull-request
     // bookkeeping races frequent, for hunting consumer stalls.
     config.nats.max_ack_pending = knob("NATS_BENCH_MAX_ACK_PENDING", 64) as u32;
+    // How old a durable agent's stream copy may get waiting for its core copy.
+    config.nats.request_pairing_wait_ms = knob(
+        "NATS_BENCH_PAIRING_WAIT_MS",
+        config.nats.request_pairing_wait_ms,
+    );
     // Under valgrind: a smaller instance pool (it cannot reserve the default one) and a slow
     // epoch (see the module docs); neither changes the message path.
     config.engine.epoch_tick_ms = knob("NATS_BENCH_EPOCH_TICK_MS", config.engine.epoch_tick_ms);

@@ -338,8 +338,7 @@ async fn a_durable_agent_loses_and_repeats_nothing_when_its_nodes_server_goes_do
     let Some(mut cluster) = three_servers("nats cluster: durable fail-over").await else {
         return;
     };
-    // Requests to a durable agent: in a cluster a request's stream copy can overtake it.
-    let t = node_on(cluster.urls(), |c| c.nats.request_pairing_wait_ms = 500).await;
+    let t = node_on(cluster.urls(), |_| {}).await;
     t.load("tally", "tally", &durable_manifest("tally", TALLY_ID, ""))
         .await;
     let publish_to = another_server(&cluster, server_port_of(&t));
@@ -389,10 +388,10 @@ async fn requests_from_another_server_to_a_durable_agent_each_get_their_own_repl
         return;
     };
     let urls: Vec<String> = cluster.servers.iter().map(|s| s.url()).collect();
-    // Without a pairing wait a request whose stream copy wins the race goes unanswered: 6
-    // of the 100 did in one clean-clone CI run. The wait is what an operator sets in a
-    // cluster (the node warns when it is 0 there).
-    let t = node_on(urls[0].clone(), |c| c.nats.request_pairing_wait_ms = 500).await;
+    // A request's stream copy can overtake its core copy here; the default pairing wait
+    // holds it for its core copy. With no wait, 6 of the 100 went unanswered in one
+    // clean-clone CI run.
+    let t = node_on(urls[0].clone(), |_| {}).await;
     let id = "01936f11-4ea2-7000-8000-0000000000d4";
     t.load("echo", "echo", &durable_manifest("echo", id, ""))
         .await;

@@ -301,13 +301,44 @@ async fn concurrent_requests_to_a_durable_agent_each_get_their_own_reply() {
     t.stop().await;
 }
 
+/// Stores `payload` (with `Nats-Msg-Id` `id`) for durable agent `name` while it is
+/// unloaded, so that no core copy of it reaches the node, and loads the agent again: its
+/// stream copy then comes fresh and alone, as a request's stream copy that overtook its
+/// core copy does in a cluster.
+async fn store_while_unloaded(
+    t: &TestNode,
+    client: &async_nats::Client,
+    name: &str,
+    manifest: &str,
+    messages: &[(&str, Option<&str>)],
+) {
+    t.node.unload(name).await.unwrap();
+    for (payload, id) in messages {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(id) = id {
+            headers.insert("Nats-Msg-Id", *id);
+        }
+        client
+            .publish_with_headers(
+                format!("agent.to.{name}.x"),
+                headers,
+                payload.to_string().into(),
+            )
+            .await
+            .unwrap();
+    }
+    round_trip(client).await;
+    t.load("echo", name, manifest).await;
+}
+
 /// In a cluster a request's stream copy can reach the node before its core copy (the stream
-/// leader is another server). Simulated on one server: the message is first stored through
-/// JetStream with a `Nats-Msg-Id`, then the same message is requested by a plain client (its
-/// own stream copy is dropped as a duplicate). With `[nats] request_pairing_wait_ms` the
-/// stream copy waits for its request and the requester gets its reply; with 0, the default
-/// and right on one server, the stream copy is handled at once and the reply goes nowhere.
-/// Either way the agent handles the message once.
+/// leader is another server). Staged on one server: the message is stored while the agent
+/// is unloaded (no core copy reaches the node), the agent is loaded again, and then the same
+/// message, with the same `Nats-Msg-Id`, is requested by a plain client (the stream drops
+/// the request's own stream copy as a duplicate). With a pairing wait the fresh stream copy
+/// waits for its core copy and the requester gets its reply; with 0 it is handled at once
+/// and the reply goes nowhere. Either way the agent handles the message once. Plain
+/// publishes are never held: their core copies tell the node that no request is coming.
 #[tokio::test]
 async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_wait() {
     let Some(server) = NatsServer::start("nats durable pairing wait") else {
@@ -318,7 +349,7 @@ async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_w
         (
             "echo-waits",
             "01936f11-4ea2-7000-8000-0000000000d1",
-            3000,
+            6000,
             true,
         ),
         (
@@ -332,27 +363,19 @@ async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_w
         let t = durable_node(&server, |c| {
             c.nats.request_pairing_wait_ms = wait_ms;
             // A held message is unacknowledged: the wait must stay inside ack_wait.
-            c.nats.ack_wait_ms = 10_000;
+            c.nats.ack_wait_ms = 20_000;
         })
         .await;
-        t.load("echo", name, &durable_manifest(name, id, "")).await;
-        let subject = format!("agent.to.{name}.x");
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("pairing-{name}").as_str());
-
-        // A plain publish: the stream stores it (it covers `agent.>`, with `no_ack`), and the
-        // node's request recorder sees a copy without a reply subject, which claims nothing.
-        client
-            .publish_with_headers(subject.clone(), headers.clone(), "first".into())
-            .await
-            .unwrap();
-        client.flush().await.unwrap();
-        // Its stream copy reaches the node well before the request below, which the stream
-        // drops as a duplicate of that `Nats-Msg-Id`.
+        let manifest = durable_manifest(name, id, "");
+        t.load("echo", name, &manifest).await;
+        let msg_id = format!("pairing-{name}");
+        store_while_unloaded(&t, &client, name, &manifest, &[("first", Some(&msg_id))]).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
         let reply = client
             .send_request(
-                subject,
+                format!("agent.to.{name}.x"),
                 async_nats::Request::new()
                     .headers(headers)
                     .payload("first".into())
@@ -378,13 +401,13 @@ async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_w
             1,
             "{name}: handled once"
         );
-        // Plain publishes wait for a request that never comes, but a burst waits once, not
-        // once per message (100 × 3 s would be five minutes).
+        // Plain publishes are not held for a request: held, 100 of them would take at least
+        // two pull batches of the 6 s wait.
         let started = std::time::Instant::now();
         publish_plain(&client, name, 100).await;
         handled_at_least(&t, name, 101).await;
         assert!(
-            started.elapsed() < Duration::from_millis(wait_ms) + Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(5),
             "{name}: a burst of 100 plain publishes took {:?}",
             started.elapsed()
         );
@@ -392,8 +415,39 @@ async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_w
     }
 }
 
-/// Messages held for a request that never comes are handed back to the server when the
-/// agent stops, so after a reload they come at once, not after `ack_wait` (30 s here).
+/// What was stored while the agent was away longer than the pairing wait is a backlog: its
+/// core copies came and went long ago, so it is handled at once, not held for them.
+#[tokio::test]
+async fn a_backlog_older_than_the_pairing_wait_is_not_held() {
+    let Some(server) = NatsServer::start("nats durable old backlog") else {
+        return;
+    };
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let wait = Duration::from_secs(4);
+    let t = durable_node(&server, |c| {
+        c.nats.request_pairing_wait_ms = wait.as_millis() as u64;
+        c.nats.ack_wait_ms = 20_000;
+    })
+    .await;
+    let (name, id) = ("echo-backlog", "01936f11-4ea2-7000-8000-0000000000d5");
+    let manifest = durable_manifest(name, id, "");
+    t.load("echo", name, &manifest).await;
+    t.node.unload(name).await.unwrap();
+    publish_plain(&client, name, 20).await;
+    tokio::time::sleep(wait + Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    t.load("echo", name, &manifest).await;
+    handled_at_least(&t, name, 20).await;
+    assert!(
+        started.elapsed() < wait - Duration::from_millis(500),
+        "the old backlog was held for its core copies: {:?}",
+        started.elapsed()
+    );
+    t.stop().await;
+}
+
+/// Messages held for their core copies are handed back to the server when the agent stops,
+/// so after a reload they come at once, not after `ack_wait` (30 s here).
 #[tokio::test]
 async fn messages_held_for_their_request_are_handed_back_when_the_agent_stops() {
     let Some(server) = NatsServer::start("nats durable held on stop") else {
@@ -401,15 +455,17 @@ async fn messages_held_for_their_request_are_handed_back_when_the_agent_stops() 
     };
     let client = async_nats::connect(server.url()).await.unwrap();
     let t = durable_node(&server, |c| {
-        c.nats.request_pairing_wait_ms = 2000;
+        c.nats.request_pairing_wait_ms = 8000;
         c.nats.ack_wait_ms = 30_000;
     })
     .await;
     let (name, id) = ("echo-held", "01936f11-4ea2-7000-8000-0000000000d3");
     let manifest = durable_manifest(name, id, "");
     t.load("echo", name, &manifest).await;
-    publish_plain(&client, name, 5).await;
-    // They reach the node and wait there for requests; the agent stops meanwhile.
+    let stored: Vec<(String, Option<&str>)> = (0..5).map(|i| (format!("held {i}"), None)).collect();
+    let stored: Vec<(&str, Option<&str>)> = stored.iter().map(|(p, i)| (p.as_str(), *i)).collect();
+    store_while_unloaded(&t, &client, name, &manifest, &stored).await;
+    // They reach the node fresh and without core copies, and wait there; the agent stops.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(t.node.status(name).await.unwrap().handled, 0);
     t.node.unload(name).await.unwrap();
@@ -422,5 +478,22 @@ async fn messages_held_for_their_request_are_handed_back_when_the_agent_stops() 
         "came back after ack_wait, not at once: {:?}",
         started.elapsed()
     );
+    t.stop().await;
+}
+
+/// A request whose first `handle` failed without replying is answered by its redelivery:
+/// the node keeps the reply subject by stream sequence.
+#[tokio::test]
+async fn a_request_is_answered_by_its_redelivery_when_the_first_handle_failed() {
+    let Some(server) = NatsServer::start("nats durable redelivered request") else {
+        return;
+    };
+    let t = durable_node(&server, |_| {}).await;
+    t.load("probe", "probe", &durable_manifest("probe", PROBE_ID, ""))
+        .await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    assert_eq!(ask(&client, "agent.to.probe.cmd", "flaky").await, "steady");
+    let status = t.node.status("probe").await.unwrap();
+    assert_eq!((status.errors, status.handled), (1, 1), "{status:?}");
     t.stop().await;
 }

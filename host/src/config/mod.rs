@@ -195,11 +195,12 @@ pub struct NatsSection {
     /// Messages the NATS client buffers per subscription (an agent inbox, a durable agent's
     /// request recorder) before it drops new ones, counted and logged as a slow consumer.
     pub subscription_capacity: u32,
-    /// Durable delivery in a cluster: how long a stream copy that no core request claimed
-    /// waits for one before it is handled without a reply subject. In a cluster a request's
-    /// stream copy can overtake its core copy; without a wait its requester times out. 0
-    /// (the default, right on one server) adds no delay; a wait delays plain publishes to
-    /// durable agents by up to this much, never requests that arrive in order.
+    /// Durable delivery: how long a fresh stream copy whose core copy the node has not seen
+    /// waits for it, so that a request answered through the stream still gets its reply
+    /// subject. In a cluster a request's stream copy can overtake its core copy. Only such
+    /// copies wait, and only until they are this old: on one server, and for plain
+    /// publishes, backlogs and redeliveries, nothing waits. Default 500 (at most a quarter
+    /// of `ack_wait_ms`); 0 never waits.
     pub request_pairing_wait_ms: u64,
 }
 
@@ -276,7 +277,7 @@ impl Default for NatsSection {
             max_ack_pending: 64,
             stream_max_age_secs: 7 * 24 * 3600,
             subscription_capacity: 65_536,
-            request_pairing_wait_ms: 0,
+            request_pairing_wait_ms: 500,
         }
     }
 }

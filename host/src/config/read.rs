@@ -320,7 +320,7 @@ fn nats(root: &Section, source: Option<&Path>) -> Result<NatsSection, FieldError
     check_bucket_name(&kv_bucket).map_err(|e| s.error("kv_bucket", e))?;
     let kv_replicas = replicas(&s, "kv_replicas", "a bucket")?.unwrap_or(d.kv_replicas);
     let stream_replicas = replicas(&s, "stream_replicas", "a stream")?.unwrap_or(d.stream_replicas);
-    let nats = NatsSection {
+    let mut nats = NatsSection {
         url,
         stream_name,
         kv_bucket,
@@ -367,13 +367,15 @@ fn nats(root: &Section, source: Option<&Path>) -> Result<NatsSection, FieldError
                 "every message would be dropped",
             )?
             .unwrap_or(d.subscription_capacity),
-        request_pairing_wait_ms: s
-            .uint("request_pairing_wait_ms", "20")?
-            .unwrap_or(d.request_pairing_wait_ms),
+        request_pairing_wait_ms: d.request_pairing_wait_ms,
     };
     // A held message is not acknowledged yet: held past ack_wait, the server would send it
-    // again while it waits.
-    if nats.request_pairing_wait_ms >= nats.ack_wait_ms {
+    // again while it waits. The default stays well inside a short ack_wait; a wait the
+    // operator chose is checked.
+    let pairing_wait = s.uint("request_pairing_wait_ms", "500")?;
+    nats.request_pairing_wait_ms =
+        pairing_wait.unwrap_or(d.request_pairing_wait_ms.min(nats.ack_wait_ms / 4));
+    if pairing_wait.is_some() && nats.request_pairing_wait_ms >= nats.ack_wait_ms {
         return Err(s.error(
             "request_pairing_wait_ms",
             format!(

@@ -81,7 +81,7 @@ fn no_file_means_the_documented_defaults() {
             max_ack_pending: 64,
             stream_max_age_secs: 604_800,
             subscription_capacity: 65_536,
-            request_pairing_wait_ms: 0,
+            request_pairing_wait_ms: 500,
         }
     );
     assert!(c.agents.is_empty());
@@ -206,6 +206,16 @@ manifest = "/etc/agents/sage.toml"
             PathBuf::from("/etc/agents/sage.toml")
         ]
     );
+}
+
+#[test]
+fn the_default_pairing_wait_stays_well_inside_a_short_ack_wait() {
+    let c = parse("[nats]\nack_wait_ms = 400").unwrap();
+    assert_eq!(c.nats.request_pairing_wait_ms, 100);
+    let c = parse("[nats]\nack_wait_ms = 400\nrequest_pairing_wait_ms = 300").unwrap();
+    assert_eq!(c.nats.request_pairing_wait_ms, 300, "a chosen wait is kept");
+    let c = parse("[nats]\nrequest_pairing_wait_ms = 0").unwrap();
+    assert_eq!(c.nats.request_pairing_wait_ms, 0);
 }
 
 #[test]

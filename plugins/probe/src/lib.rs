@@ -5,7 +5,8 @@
 //! `request SUBJECT TEXT`, `ask AGENT COMMAND TEXT`, `fanout AGENT,AGENT,... TEXT`,
 //! `kv-set KEY VALUE`, `kv-get KEY`, `kv-list PREFIX`, `kv-cas KEY EXPECTED|none VALUE`,
 //! `config KEY`, `self`, `chat MODEL TEXT`, `seen`, `print TEXT` (stdout and stderr),
-//! `spin` (loops forever), `fill N` (N bytes of state), `panic`, `fail`.
+//! `spin` (loops forever), `fill N` (N bytes of state), `panic`, `fail`, `flaky` (fails
+//! without a reply the first time, answers `steady` after).
 use std::time::Duration;
 
 use agent_sdk::prelude::*;
@@ -16,6 +17,9 @@ struct Probe {
     /// Ballast to give the state a size (`fill N`), for upgrade benchmarks.
     #[serde(default)]
     blob: String,
+    /// Whether a `flaky` message has failed once already.
+    #[serde(default)]
+    flaked: bool,
 }
 
 impl Agent for Probe {
@@ -27,6 +31,12 @@ impl Agent for Probe {
         let rest = words.next().unwrap_or_default();
         let arg = |n: usize| rest.splitn(n + 1, ' ').collect::<Vec<_>>();
         let second = Duration::from_secs(2);
+        if verb == "flaky" && !self.flaked {
+            self.flaked = true;
+            return Err(AgentError::new(
+                "probe fails its first flaky message, without a reply",
+            ));
+        }
         let outcome: Result<String> = match verb {
             "publish" => {
                 let a = arg(1);
@@ -105,6 +115,7 @@ impl Agent for Probe {
                 llm::chat(a[0], &messages, &Default::default()).map(|c| c.text)
             }
             "seen" => Ok(self.seen.to_string()),
+            "flaky" => Ok("steady".into()),
             "fill" => {
                 let n: usize = rest
                     .trim()

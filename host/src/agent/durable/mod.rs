@@ -40,7 +40,6 @@ use crate::manifest::Subscriptions;
 use crate::subjects;
 
 use pump::{pump, Held};
-pub use replies::{fingerprint, PendingRequests};
 
 /// The subjects the stream covers.
 const STREAM_SUBJECTS: &str = "agent.>";
@@ -73,7 +72,7 @@ pub struct DurableSettings {
     pub max_age: Duration,
     /// Copies of the stream when this node creates it (`[nats] stream_replicas`).
     pub replicas: usize,
-    /// How long an unclaimed stream copy waits for its core request (`[nats]
+    /// How old a stream copy may get while it waits for its core copy (`[nats]
     /// request_pairing_wait_ms`).
     pub pairing_wait: Duration,
 }
@@ -219,10 +218,9 @@ impl DurableDelivery {
     }
 
     /// On a server that is part of a cluster, a request's stream copy can reach the node
-    /// before its core copy; without a pairing wait the agent then handles it without a
-    /// reply subject and the requester times out (seen: 6 of 100 concurrent requests, on a
-    /// busy 2-core machine). The wait delays plain publishes, so it stays the operator's
-    /// choice; the log says the choice is there to make.
+    /// before its core copy; with the pairing wait turned off the agent then handles it
+    /// without a reply subject and the requester times out (seen: 6 of 100 concurrent
+    /// requests, on a busy 2-core machine). The log says so once.
     fn warn_of_unpaired_requests(&self) {
         if !self.settings.pairing_wait.is_zero() {
             return;
@@ -231,7 +229,7 @@ impl DurableDelivery {
             tracing::warn!(
                 url = %self.url,
                 cluster = %cluster,
-                "durable delivery: the NATS server is part of cluster '{cluster}' and [nats] request_pairing_wait_ms is 0: a request to a durable agent from a client on another server can go unanswered when the stream's copy of it arrives first; set request_pairing_wait_ms (e.g. 200) if such requests must be answered (plain publishes to durable agents are then delayed by up to the wait)"
+                "durable delivery: the NATS server is part of cluster '{cluster}' and [nats] request_pairing_wait_ms is 0: a request to a durable agent from a client on another server can go unanswered when the stream's copy of it arrives first; remove the setting (default 500) if such requests must be answered"
             );
         }
     }

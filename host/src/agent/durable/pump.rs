@@ -1,5 +1,6 @@
-//! The task between a durable agent's consumers and its runner: records core requests,
-//! pairs each stream copy with its request, and hands stream copies over in arrival order.
+//! The task between a durable agent's consumers and its runner: records core copies, pairs
+//! each stream copy with its core copy (a request's gives it its reply subject), and hands
+//! stream copies over in arrival order.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -9,17 +10,22 @@ use futures::stream::SelectAll;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
-use super::{fingerprint, DurableMessage, FeedStream, PendingRequests};
+use super::replies::{fingerprint_of, fingerprint_of_nats};
+use super::replies::{CoreCopies, CoreCopy, ReplySubjects};
+use super::{DurableMessage, FeedStream};
+use crate::bus::BusMessage;
 
-/// Pairs core requests with their stream copies and hands stream copies to the runner.
+/// Pairs core copies with their stream copies and hands stream copies to the runner.
 ///
 /// Core copies are polled first (`biased`), and once more before a stream copy is matched:
-/// the server writes a request's core copy to this connection before the stream's copy, and
-/// the client hands them to their subscriptions in that order, so a request seen on the
-/// socket before its stream copy is always recorded by then. In a cluster the stream copy
-/// may come first: with `pairing_wait` > 0 an unclaimed stream copy is held that long for
-/// its core copy. Held messages leave in arrival order, so a wait never reorders messages;
-/// a backlog fetched at once waits once, not once per message.
+/// the server writes a message's core copy to this connection before the stream's copy, and
+/// the client hands them to their subscriptions in that order, so on one server every
+/// stream copy finds its core copy recorded. In a cluster the stream copy may come first:
+/// with `pairing_wait` > 0 a fresh stream copy that found no core copy is held until it is
+/// `pairing_wait` old (by its JetStream timestamp), or until its core copy comes. A stream
+/// copy whose core copy was a plain publish, a redelivery, or a message older than the wait
+/// (a backlog) is never held. Held messages leave in arrival order, so a wait never
+/// reorders messages.
 pub(super) async fn pump(
     mut cores: SelectAll<async_nats::Subscriber>,
     mut feeds: SelectAll<FeedStream>,
@@ -29,11 +35,17 @@ pub(super) async fn pump(
     pairing_wait: Duration,
     max_held: usize,
 ) {
-    let mut pending = PendingRequests::default();
+    // A publish's mark matters while its stream copy could be held; twice the wait covers
+    // a server clock that runs behind the node's by up to the wait.
+    let mut pairing = Pairing {
+        copies: CoreCopies::new(pairing_wait * 2),
+        replies: ReplySubjects::default(),
+        mark_publishes: !pairing_wait.is_zero(),
+    };
     loop {
         // Hand over, in order, every message at the front that is claimed or waited enough.
-        while held.front_ready(&mut pending) {
-            let Some(permit) = reserve(&tx, &mut cores, &mut pending).await else {
+        while held.front_ready(&mut pairing) {
+            let Some(permit) = reserve(&tx, &mut cores, &mut pairing).await else {
                 return;
             };
             let out = held
@@ -45,7 +57,7 @@ pub(super) async fn pump(
         let m = tokio::select! {
             biased;
             Some(core) = cores.next() => {
-                record(&mut pending, core);
+                pairing.record(core);
                 continue;
             }
             () = sleep_until(front_due) => continue,
@@ -56,10 +68,14 @@ pub(super) async fn pump(
             }
         };
         while let Some(Some(core)) = cores.next().now_or_never() {
-            record(&mut pending, core);
+            pairing.record(core);
         }
-        let (sequence, delivered) = match m.info() {
-            Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
+        let (sequence, delivered, published) = match m.info() {
+            Ok(info) => (
+                info.stream_sequence,
+                info.delivered.max(1) as u32,
+                info.published.unix_timestamp_nanos(),
+            ),
             Err(e) => {
                 tracing::warn!(agent = %agent, "durable delivery: a message without JetStream metadata ({e}); skipped");
                 continue;
@@ -67,15 +83,23 @@ pub(super) async fn pump(
         };
         let (message, acker) = m.split();
         let mut msg = crate::bus::nats::from_nats(message);
-        let key = fingerprint(&msg.subject, &msg.headers, &msg.payload);
+        let key = fingerprint_of(&msg);
         let now = Instant::now();
-        msg.reply_to = pending.take(key, now);
-        // `checked_add`: a wait too long for the clock means "until a request comes".
-        let due = match msg.reply_to {
-            Some(_) => now,
-            None => now
-                .checked_add(pairing_wait)
-                .unwrap_or(now + Duration::from_secs(86_400)),
+        let mut due = now;
+        let claimed = if delivered > 1 {
+            // Its core copy was claimed on the first delivery (or never came): the reply
+            // subject, if it had one, is kept by sequence.
+            msg.reply_to = pairing.replies.get(sequence, now);
+            true
+        } else if pairing.claim(key, sequence, &mut msg, now) {
+            true
+        } else {
+            let wait = unclaimed_wait(pairing_wait, published, unix_nanos_now());
+            // `checked_add`: a wait too long for the clock means "until its core copy comes".
+            due = now
+                .checked_add(wait)
+                .unwrap_or(now + Duration::from_secs(86_400));
+            false
         };
         let out = DurableMessage {
             msg,
@@ -83,47 +107,118 @@ pub(super) async fn pump(
             sequence,
             delivered,
         };
-        held.push_back(out, key, due);
+        held.push_back(HeldCopy {
+            out,
+            key,
+            due,
+            claimed,
+        });
     }
 }
 
-/// Stream copies the pump fetched and has not handed to the runner, in arrival order, each
-/// with its fingerprint and when it leaves unclaimed. Shared with the inbox so that a stop
-/// hands them back to the server (nak) instead of leaving them to come back after
-/// `ack_wait`, behind newer messages. The lock is never held across an await.
+/// The pump's record of core copies, and of the reply subjects it handed out.
+struct Pairing {
+    copies: CoreCopies,
+    replies: ReplySubjects,
+    /// Whether plain publishes are recorded: only a pairing wait makes their mark useful.
+    mark_publishes: bool,
+}
+
+impl Pairing {
+    /// Remembers a core copy, for its stream copy to claim.
+    fn record(&mut self, m: async_nats::Message) {
+        if m.reply.is_none() && !self.mark_publishes {
+            return;
+        }
+        let key = fingerprint_of_nats(&m);
+        let copy = match m.reply {
+            Some(reply) => CoreCopy::Request(reply.as_str().to_owned()),
+            None => CoreCopy::Publish,
+        };
+        self.copies.record(key, copy, Instant::now());
+    }
+
+    /// Claims the core copy of stream copy `sequence` (fingerprint `key`), giving `msg` its
+    /// reply subject if it was a request; false when no core copy is recorded.
+    fn claim(&mut self, key: u64, sequence: u64, msg: &mut BusMessage, now: Instant) -> bool {
+        match self.copies.take(key, now) {
+            Some(CoreCopy::Request(reply)) => {
+                self.replies.remember(sequence, reply.clone(), now);
+                msg.reply_to = Some(reply);
+                true
+            }
+            Some(CoreCopy::Publish) => true,
+            None => false,
+        }
+    }
+}
+
+/// How long a fresh stream copy that found no core copy is held for one: until it is
+/// `pairing_wait` old by the stream's timestamp (`published`, ns since the Unix epoch), so a
+/// backlog published long ago is not held at all. A server clock ahead of the node's
+/// (a negative age) counts as new; the wait never exceeds `pairing_wait`.
+pub(super) fn unclaimed_wait(pairing_wait: Duration, published: i128, now: i128) -> Duration {
+    let age = u64::try_from(now.saturating_sub(published)).unwrap_or(0);
+    pairing_wait.saturating_sub(Duration::from_nanos(age))
+}
+
+fn unix_nanos_now() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+/// A stream copy the pump fetched and has not handed to the runner.
+pub(super) struct HeldCopy {
+    out: DurableMessage,
+    /// Its fingerprint.
+    key: u64,
+    /// When it leaves without a core copy.
+    due: Instant,
+    /// Whether its core copy was found (or need not be looked for).
+    claimed: bool,
+}
+
+/// Stream copies the pump fetched and has not handed to the runner, in arrival order.
+/// Shared with the inbox so that a stop hands them back to the server (nak) instead of
+/// leaving them to come back after `ack_wait`, behind newer messages. The lock is never held
+/// across an await.
 #[derive(Clone, Default)]
-pub(super) struct Held(Arc<std::sync::Mutex<VecDeque<(DurableMessage, u64, Instant)>>>);
+pub(super) struct Held(Arc<std::sync::Mutex<VecDeque<HeldCopy>>>);
 
 impl Held {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(DurableMessage, u64, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<HeldCopy>> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn push_back(&self, out: DurableMessage, key: u64, due: Instant) {
-        self.lock().push_back((out, key, due));
+    fn push_back(&self, copy: HeldCopy) {
+        self.lock().push_back(copy);
     }
 
-    /// Whether the front may go to the runner: a request claimed it (now or before), or it
-    /// has waited `pairing_wait` for one.
-    fn front_ready(&self, pending: &mut PendingRequests) -> bool {
+    /// Whether the front may go to the runner: its core copy was found (now or before), or
+    /// it has waited long enough for one.
+    fn front_ready(&self, pairing: &mut Pairing) -> bool {
         let mut held = self.lock();
-        let Some((out, key, due)) = held.front_mut() else {
+        let Some(front) = held.front_mut() else {
             return false;
         };
-        if out.msg.reply_to.is_none() {
-            out.msg.reply_to = pending.take(*key, Instant::now());
+        let now = Instant::now();
+        if !front.claimed {
+            let (key, sequence) = (front.key, front.out.sequence);
+            front.claimed = pairing.claim(key, sequence, &mut front.out.msg, now);
         }
-        out.msg.reply_to.is_some() || *due <= Instant::now()
+        front.claimed || front.due <= now
     }
 
     fn front_due(&self) -> Option<Instant> {
-        self.lock().front().map(|(_, _, due)| *due)
+        self.lock().front().map(|copy| copy.due)
     }
 
     fn pop_front(&self) -> Option<DurableMessage> {
-        self.lock().pop_front().map(|(out, _, _)| out)
+        self.lock().pop_front().map(|copy| copy.out)
     }
 
     fn len(&self) -> usize {
@@ -131,16 +226,7 @@ impl Held {
     }
 
     pub(super) fn take_all(&self) -> Vec<DurableMessage> {
-        self.lock().drain(..).map(|(out, _, _)| out).collect()
-    }
-}
-
-/// Remembers a core copy that carries a reply subject, for its stream copy to take.
-fn record(pending: &mut PendingRequests, m: async_nats::Message) {
-    if let Some(reply) = m.reply.clone() {
-        let m = crate::bus::nats::from_nats(m);
-        let key = fingerprint(&m.subject, &m.headers, &m.payload);
-        pending.record(key, reply.to_string(), Instant::now());
+        self.lock().drain(..).map(|copy| copy.out).collect()
     }
 }
 
@@ -158,13 +244,45 @@ async fn sleep_until(at: Option<Instant>) {
 async fn reserve<'a>(
     tx: &'a mpsc::Sender<DurableMessage>,
     cores: &mut SelectAll<async_nats::Subscriber>,
-    pending: &mut PendingRequests,
+    pairing: &mut Pairing,
 ) -> Option<mpsc::Permit<'a, DurableMessage>> {
     loop {
         tokio::select! {
             biased;
-            Some(core) = cores.next() => record(pending, core),
+            Some(core) = cores.next() => pairing.record(core),
             permit = tx.reserve() => return permit.ok(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_millis(200);
+    const MS: i128 = 1_000_000;
+
+    #[test]
+    fn an_unclaimed_stream_copy_waits_only_until_it_is_as_old_as_the_wait() {
+        let published = 1_000_000 * MS;
+        assert_eq!(unclaimed_wait(WAIT, published, published), WAIT);
+        assert_eq!(
+            unclaimed_wait(WAIT, published, published + 150 * MS),
+            Duration::from_millis(50)
+        );
+        // A backlog stored long ago is not held at all.
+        assert_eq!(
+            unclaimed_wait(WAIT, published, published + 60_000 * MS),
+            Duration::ZERO
+        );
+        // A server clock ahead of the node's: new, but never more than the wait.
+        assert_eq!(
+            unclaimed_wait(WAIT, published, published - 5_000 * MS),
+            WAIT
+        );
+        assert_eq!(
+            unclaimed_wait(Duration::ZERO, published, published),
+            Duration::ZERO
+        );
     }
 }

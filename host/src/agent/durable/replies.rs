@@ -2,14 +2,18 @@
 //!
 //! JetStream does not store a message's reply subject, so a core `request` to a durable
 //! agent's subject reaches the agent through its consumer without one. The host therefore
-//! also core-subscribes the agent's patterns, only to record requests: each core copy that
-//! carries a reply subject is remembered under a fingerprint of its subject, headers and
-//! payload, and the stream copy with the same fingerprint takes that reply subject when it
-//! comes through the consumer. Equal fingerprints pair first-in first-out.
+//! also core-subscribes the agent's patterns and records every core copy under a
+//! fingerprint of its subject, headers and payload: a request with its reply subject, a
+//! plain publish as a bare mark. The stream copy with the same fingerprint claims the
+//! record when it comes through the consumer: a request's takes its reply subject, a
+//! publish's learns that no request is coming and need not wait for one. Equal
+//! fingerprints pair first-in first-out.
 //!
-//! The map is bounded in size and age: a recorded request whose stream copy never comes
-//! (the stream dropped it as a duplicate `Nats-Msg-Id`, or it arrived first, see the README)
-//! is forgotten after [`PENDING_TTL`].
+//! Records are bounded in number and age: a request waits up to [`PENDING_TTL`] for its
+//! stream copy (the stream may have dropped it as a duplicate `Nats-Msg-Id`, or a consumer
+//! may be far behind); a publish's mark is only worth keeping while its stream copy could
+//! still be held for a request ([`CoreCopies::new`]). A mark is a count per fingerprint,
+//! so a burst of publishes far ahead of the consumer costs a few bytes per message.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -19,12 +23,20 @@ use std::time::{Duration, Instant};
 pub const PENDING_TTL: Duration = Duration::from_secs(60);
 /// Requests recorded per agent at most; the oldest is forgotten beyond it.
 pub const MAX_PENDING: usize = 10_000;
+/// Publishes marked per agent at most. A mark forgotten while its stream copy is fresh
+/// makes that copy wait, so this must cover what a consumer can fall behind within the
+/// pairing wait: 65,536 marks is 130,000 msg/s for 500 ms.
+pub const MAX_MARKS: usize = 65_536;
 
-/// A fingerprint of what JetStream keeps of a message: subject, headers (in any order) and
-/// payload.
-pub fn fingerprint(subject: &str, headers: &[(String, String)], payload: &[u8]) -> u64 {
-    let mut sorted: Vec<_> = headers.iter().collect();
-    sorted.sort();
+/// A fingerprint of what JetStream keeps of a message: subject, headers (`(name, value)`
+/// pairs, in any order) and payload.
+pub fn fingerprint<'a>(
+    subject: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    payload: &[u8],
+) -> u64 {
+    let mut sorted: Vec<(&str, &str)> = headers.into_iter().collect();
+    sorted.sort_unstable();
     let mut h = DefaultHasher::new();
     subject.hash(&mut h);
     sorted.hash(&mut h);
@@ -32,66 +44,272 @@ pub fn fingerprint(subject: &str, headers: &[(String, String)], payload: &[u8]) 
     h.finish()
 }
 
-/// Core requests waiting for their stream copies, by fingerprint.
-#[derive(Default)]
-pub struct PendingRequests {
-    by_key: HashMap<u64, VecDeque<String>>,
-    /// Arrival order, for expiry and the size bound.
-    order: VecDeque<(Instant, u64)>,
+/// The fingerprint of a message as the host holds it.
+pub fn fingerprint_of(msg: &crate::bus::BusMessage) -> u64 {
+    let headers = msg.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    fingerprint(&msg.subject, headers, &msg.payload)
 }
 
-impl PendingRequests {
-    /// Remembers that a request with fingerprint `key` wants its reply on `reply_to`.
-    pub fn record(&mut self, key: u64, reply_to: String, now: Instant) {
-        self.expire(now);
-        if self.order.len() >= MAX_PENDING {
-            self.forget_oldest();
+/// The fingerprint of a message as the NATS client received it, without copying it: the
+/// same as [`fingerprint_of`] the message converted.
+pub fn fingerprint_of_nats(m: &async_nats::Message) -> u64 {
+    let headers = m.headers.iter().flat_map(|map| {
+        map.iter().flat_map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values.iter().map(move |v| (name, v.as_str()))
+        })
+    });
+    fingerprint(m.subject.as_str(), headers, &m.payload)
+}
+
+/// What the core copy of a message said about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoreCopy {
+    /// A request: its reply goes to this subject.
+    Request(String),
+    /// A plain publish: nobody waits for a reply.
+    Publish,
+}
+
+/// The core copies whose stream copies have not come yet, by fingerprint.
+pub struct CoreCopies {
+    requests: Requests,
+    marks: Marks,
+}
+
+impl CoreCopies {
+    /// Marks of plain publishes are kept for `publish_ttl`: a stream copy that comes later
+    /// than that is not held for a request anyway (see the pump), so only requests are worth
+    /// remembering longer.
+    pub fn new(publish_ttl: Duration) -> CoreCopies {
+        CoreCopies {
+            requests: Requests::default(),
+            marks: Marks {
+                ttl: publish_ttl,
+                ..Marks::default()
+            },
         }
-        self.by_key.entry(key).or_default().push_back(reply_to);
-        self.order.push_back((now, key));
     }
 
-    /// The reply subject of the oldest recorded request with fingerprint `key`, if any.
-    pub fn take(&mut self, key: u64, now: Instant) -> Option<String> {
+    /// Records a core copy with fingerprint `key`.
+    pub fn record(&mut self, key: u64, copy: CoreCopy, now: Instant) {
+        match copy {
+            CoreCopy::Request(reply) => self.requests.record(key, reply, now),
+            CoreCopy::Publish => self.marks.record(key, now),
+        }
+    }
+
+    /// The oldest recorded core copy with fingerprint `key`, if any, which it no longer is.
+    /// A request goes before a publish with the same fingerprint: the two messages are
+    /// equal, so either stream copy may answer the requester.
+    pub fn take(&mut self, key: u64, now: Instant) -> Option<CoreCopy> {
+        if let Some(reply) = self.requests.take(key, now) {
+            return Some(CoreCopy::Request(reply));
+        }
+        self.marks.take(key, now).then_some(CoreCopy::Publish)
+    }
+
+    /// Requests recorded and not claimed yet.
+    #[cfg(test)]
+    fn requests(&self) -> usize {
+        self.requests.live
+    }
+
+    /// Publishes marked and not claimed yet.
+    #[cfg(test)]
+    fn publishes(&self) -> usize {
+        self.marks.live
+    }
+}
+
+/// Recorded requests: their reply subjects by fingerprint, first in first out, and when each
+/// was recorded (`order`, oldest first, with a serial number per record). A request claimed
+/// out of order keeps its place in `order` until it is reached and skipped, so `order` is
+/// compacted when such places outnumber the live records.
+#[derive(Default)]
+struct Requests {
+    by_key: HashMap<u64, VecDeque<(u64, String)>>,
+    order: VecDeque<(Instant, u64, u64)>,
+    live: usize,
+    next_serial: u64,
+}
+
+impl Requests {
+    fn record(&mut self, key: u64, reply: String, now: Instant) {
+        self.expire(now);
+        if self.live >= MAX_PENDING {
+            while let Some((_, key, serial)) = self.order.pop_front() {
+                if self.remove(key, serial) {
+                    break;
+                }
+            }
+        }
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        self.by_key
+            .entry(key)
+            .or_default()
+            .push_back((serial, reply));
+        self.order.push_back((now, key, serial));
+        self.live += 1;
+    }
+
+    fn take(&mut self, key: u64, now: Instant) -> Option<String> {
         self.expire(now);
         let queue = self.by_key.get_mut(&key)?;
-        let reply = queue.pop_front();
+        let (serial, reply) = queue.pop_front()?;
         if queue.is_empty() {
             self.by_key.remove(&key);
         }
-        if reply.is_some() {
-            if let Some(at) = self.order.iter().position(|(_, k)| *k == key) {
-                self.order.remove(at);
-            }
+        self.live -= 1;
+        // In order (the usual case) the claimed request is the oldest: drop its place now.
+        if self.order.front().is_some_and(|&(_, _, s)| s == serial) {
+            self.order.pop_front();
         }
-        reply
-    }
-
-    pub fn len(&self) -> usize {
-        self.order.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        if self.order.len() > 2 * self.live + 64 {
+            let by_key = &self.by_key;
+            self.order.retain(|(_, key, serial)| {
+                by_key
+                    .get(key)
+                    .is_some_and(|q| q.iter().any(|(s, _)| s == serial))
+            });
+        }
+        Some(reply)
     }
 
     fn expire(&mut self, now: Instant) {
-        while let Some((at, _)) = self.order.front() {
-            if now.duration_since(*at) < PENDING_TTL {
+        while let Some(&(at, key, serial)) = self.order.front() {
+            if now.duration_since(at) < PENDING_TTL {
                 break;
             }
-            self.forget_oldest();
+            self.order.pop_front();
+            self.remove(key, serial);
         }
     }
 
-    fn forget_oldest(&mut self) {
-        if let Some((_, key)) = self.order.pop_front() {
-            if let Some(queue) = self.by_key.get_mut(&key) {
-                queue.pop_front();
-                if queue.is_empty() {
-                    self.by_key.remove(&key);
-                }
+    /// Removes request `serial` of fingerprint `key`; false when it was claimed already.
+    /// Only ever called for the oldest place in `order`: a live request there is the oldest
+    /// of its fingerprint, the front of its queue.
+    fn remove(&mut self, key: u64, serial: u64) -> bool {
+        let Some(queue) = self.by_key.get_mut(&key) else {
+            return false;
+        };
+        if queue.front().is_none_or(|(s, _)| *s != serial) {
+            return false;
+        }
+        queue.pop_front();
+        if queue.is_empty() {
+            self.by_key.remove(&key);
+        }
+        self.live -= 1;
+        true
+    }
+}
+
+/// Marks of plain publishes: a count per fingerprint and when each mark was made. Claims
+/// take the oldest mark of a fingerprint, and marks age out oldest first, so a mark that
+/// ages out is a claimed one as long as its fingerprint has claimed marks left.
+#[derive(Default)]
+struct Marks {
+    ttl: Duration,
+    counts: HashMap<u64, MarkCount>,
+    order: VecDeque<(Instant, u64)>,
+    live: usize,
+}
+
+#[derive(Default)]
+struct MarkCount {
+    live: u32,
+    claimed: u32,
+}
+
+impl Marks {
+    fn record(&mut self, key: u64, now: Instant) {
+        self.expire(now);
+        if self.order.len() >= MAX_MARKS {
+            self.age_out_oldest();
+        }
+        self.counts.entry(key).or_default().live += 1;
+        self.order.push_back((now, key));
+        self.live += 1;
+    }
+
+    fn take(&mut self, key: u64, now: Instant) -> bool {
+        self.expire(now);
+        match self.counts.get_mut(&key) {
+            Some(count) if count.live > 0 => {
+                count.live -= 1;
+                count.claimed += 1;
+                self.live -= 1;
+                true
             }
+            _ => false,
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, _)) = self.order.front() {
+            if now.duration_since(at) < self.ttl {
+                break;
+            }
+            self.age_out_oldest();
+        }
+    }
+
+    fn age_out_oldest(&mut self) {
+        let Some((_, key)) = self.order.pop_front() else {
+            return;
+        };
+        let Some(count) = self.counts.get_mut(&key) else {
+            return;
+        };
+        if count.claimed > 0 {
+            count.claimed -= 1;
+        } else {
+            count.live -= 1;
+            self.live -= 1;
+        }
+        if count.live == 0 && count.claimed == 0 {
+            self.counts.remove(&key);
+        }
+    }
+}
+
+/// The reply subjects of requests handed to the agent, by stream sequence, so that a
+/// redelivery (`handle` failed or trapped the first time) still answers its requester, if it
+/// waits that long. Bounded like the records: [`MAX_PENDING`], each for [`PENDING_TTL`].
+#[derive(Default)]
+pub struct ReplySubjects {
+    by_sequence: HashMap<u64, String>,
+    order: VecDeque<(Instant, u64)>,
+}
+
+impl ReplySubjects {
+    pub fn remember(&mut self, sequence: u64, reply: String, now: Instant) {
+        self.expire(now);
+        if self.order.len() >= MAX_PENDING {
+            if let Some((_, oldest)) = self.order.pop_front() {
+                self.by_sequence.remove(&oldest);
+            }
+        }
+        if self.by_sequence.insert(sequence, reply).is_none() {
+            self.order.push_back((now, sequence));
+        }
+    }
+
+    /// The reply subject stream copy `sequence` had when it was first delivered.
+    pub fn get(&mut self, sequence: u64, now: Instant) -> Option<String> {
+        self.expire(now);
+        self.by_sequence.get(&sequence).cloned()
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, sequence)) = self.order.front() {
+            if now.duration_since(at) < PENDING_TTL {
+                break;
+            }
+            self.order.pop_front();
+            self.by_sequence.remove(&sequence);
         }
     }
 }
@@ -100,53 +318,145 @@ impl PendingRequests {
 mod tests {
     use super::*;
 
-    fn h(k: &str, v: &str) -> (String, String) {
-        (k.to_string(), v.to_string())
+    fn h<'a>(k: &'a str, v: &'a str) -> (&'a str, &'a str) {
+        (k, v)
     }
+
+    fn request(reply: &str) -> CoreCopy {
+        CoreCopy::Request(reply.to_string())
+    }
+
+    const MARK_TTL: Duration = Duration::from_secs(1);
 
     #[test]
     fn the_fingerprint_ignores_header_order_but_not_content() {
-        let a = fingerprint("s", &[h("A", "1"), h("B", "2")], b"x");
-        assert_eq!(a, fingerprint("s", &[h("B", "2"), h("A", "1")], b"x"));
-        assert_ne!(a, fingerprint("s", &[h("A", "1")], b"x"));
-        assert_ne!(a, fingerprint("t", &[h("A", "1"), h("B", "2")], b"x"));
-        assert_ne!(a, fingerprint("s", &[h("A", "1"), h("B", "2")], b"y"));
+        let a = fingerprint("s", [h("A", "1"), h("B", "2")], b"x");
+        assert_eq!(a, fingerprint("s", [h("B", "2"), h("A", "1")], b"x"));
+        assert_ne!(a, fingerprint("s", [h("A", "1")], b"x"));
+        assert_ne!(a, fingerprint("t", [h("A", "1"), h("B", "2")], b"x"));
+        assert_ne!(a, fingerprint("s", [h("A", "1"), h("B", "2")], b"y"));
     }
 
     #[test]
-    fn equal_requests_pair_first_in_first_out() {
+    fn a_core_copy_and_its_stream_copy_have_one_fingerprint() {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "m-1");
+        headers.append("X-Tag", "b");
+        headers.append("X-Tag", "a");
+        let received = async_nats::Message {
+            subject: "agent.to.echo.x".into(),
+            reply: Some("_INBOX.1".into()),
+            payload: "hello".into(),
+            headers: Some(headers),
+            status: None,
+            description: None,
+            length: 0,
+        };
+        let key = fingerprint_of_nats(&received);
+        assert_eq!(key, fingerprint_of(&crate::bus::nats::from_nats(received)));
+    }
+
+    #[test]
+    fn equal_messages_pair_first_in_first_out_and_requests_before_publishes() {
         let now = Instant::now();
-        let mut p = PendingRequests::default();
-        p.record(7, "_INBOX.a".into(), now);
-        p.record(7, "_INBOX.b".into(), now);
-        p.record(8, "_INBOX.c".into(), now);
-        assert_eq!(p.take(7, now).as_deref(), Some("_INBOX.a"));
-        assert_eq!(p.take(8, now).as_deref(), Some("_INBOX.c"));
-        assert_eq!(p.take(7, now).as_deref(), Some("_INBOX.b"));
+        let mut p = CoreCopies::new(MARK_TTL);
+        p.record(7, CoreCopy::Publish, now);
+        p.record(7, request("_INBOX.a"), now);
+        p.record(7, request("_INBOX.b"), now);
+        p.record(8, request("_INBOX.c"), now);
+        assert_eq!(p.take(7, now), Some(request("_INBOX.a")));
+        assert_eq!(p.take(8, now), Some(request("_INBOX.c")));
+        assert_eq!(p.take(7, now), Some(request("_INBOX.b")));
+        assert_eq!(p.take(7, now), Some(CoreCopy::Publish));
         assert_eq!(p.take(7, now), None);
-        assert!(p.is_empty());
+        assert_eq!((p.requests(), p.publishes()), (0, 0));
     }
 
     #[test]
     fn a_request_whose_stream_copy_never_comes_is_forgotten() {
         let now = Instant::now();
-        let mut p = PendingRequests::default();
-        p.record(1, "_INBOX.old".into(), now);
+        let mut p = CoreCopies::new(MARK_TTL);
+        p.record(1, request("_INBOX.old"), now);
         let later = now + PENDING_TTL;
-        p.record(2, "_INBOX.new".into(), later);
+        p.record(2, request("_INBOX.new"), later);
         assert_eq!(p.take(1, later), None);
-        assert_eq!(p.len(), 1);
+        assert_eq!(p.requests(), 1);
     }
 
     #[test]
-    fn the_map_never_holds_more_than_its_bound() {
+    fn a_publish_is_remembered_only_for_its_own_short_time_and_a_request_longer() {
         let now = Instant::now();
-        let mut p = PendingRequests::default();
+        let mut p = CoreCopies::new(MARK_TTL);
+        p.record(1, request("_INBOX.a"), now);
+        p.record(1, CoreCopy::Publish, now);
+        p.record(2, CoreCopy::Publish, now);
+        // The mark behind the request goes, the request before it stays.
+        let later = now + MARK_TTL;
+        assert_eq!(p.take(2, later), None);
+        assert_eq!((p.requests(), p.publishes()), (1, 0));
+        assert_eq!(p.take(1, later), Some(request("_INBOX.a")));
+        assert_eq!(p.take(1, later), None);
+    }
+
+    #[test]
+    fn each_kind_never_holds_more_than_its_bound() {
+        let now = Instant::now();
+        let mut p = CoreCopies::new(MARK_TTL);
         for i in 0..(MAX_PENDING as u64 + 5) {
-            p.record(i, format!("_INBOX.{i}"), now);
+            p.record(i, request(&format!("_INBOX.{i}")), now);
         }
-        assert_eq!(p.len(), MAX_PENDING);
-        assert_eq!(p.take(0, now), None, "the oldest went first");
+        for i in 0..(MAX_MARKS as u64 + 5) {
+            p.record(i + 1_000_000, CoreCopy::Publish, now);
+        }
+        assert_eq!((p.requests(), p.publishes()), (MAX_PENDING, MAX_MARKS));
+        assert_eq!(p.take(0, now), None, "the oldest request went first");
+        assert_eq!(p.take(1_000_000, now), None, "and the oldest publish");
         assert!(p.take(MAX_PENDING as u64 + 4, now).is_some());
+        assert_eq!(p.take(1_000_000 + 5, now), Some(CoreCopy::Publish));
+    }
+
+    #[test]
+    fn a_claimed_mark_ages_out_in_place_of_a_newer_one() {
+        let now = Instant::now();
+        let mut p = CoreCopies::new(MARK_TTL);
+        p.record(3, CoreCopy::Publish, now);
+        assert_eq!(p.take(3, now), Some(CoreCopy::Publish));
+        let later = now + MARK_TTL / 2;
+        p.record(3, CoreCopy::Publish, later);
+        // The first mark's time is up; the second's is not, and it is still there.
+        assert_eq!(p.take(3, now + MARK_TTL), Some(CoreCopy::Publish));
+        assert_eq!(p.take(3, now + MARK_TTL), None);
+        assert_eq!(p.publishes(), 0);
+    }
+
+    #[test]
+    fn records_claimed_out_of_order_do_not_pile_up() {
+        let now = Instant::now();
+        let mut p = CoreCopies::new(MARK_TTL);
+        // One old record that is never claimed keeps every later one from being the oldest.
+        p.record(u64::MAX, request("_INBOX.never"), now);
+        for i in 0..100_000u64 {
+            p.record(i, request("_INBOX.x"), now);
+            assert!(p.take(i, now).is_some());
+        }
+        assert_eq!(p.requests(), 1);
+        assert!(p.requests.order.len() <= 2 * p.requests.live + 65);
+        // Compaction kept the one live record findable.
+        assert_eq!(p.take(u64::MAX, now), Some(request("_INBOX.never")));
+    }
+
+    #[test]
+    fn a_redelivery_finds_the_reply_subject_of_its_first_delivery_for_a_while() {
+        let now = Instant::now();
+        let mut r = ReplySubjects::default();
+        r.remember(41, "_INBOX.a".into(), now);
+        assert_eq!(r.get(41, now).as_deref(), Some("_INBOX.a"));
+        assert_eq!(r.get(42, now), None);
+        assert_eq!(r.get(41, now + PENDING_TTL), None);
+        for i in 0..(MAX_PENDING as u64 + 1) {
+            r.remember(i, format!("_INBOX.{i}"), now);
+        }
+        assert_eq!(r.get(0, now), None, "the oldest went first");
+        assert_eq!(r.by_sequence.len(), MAX_PENDING);
     }
 }
