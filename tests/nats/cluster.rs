@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use agent_host::config::NodeConfig;
 use async_nats::jetstream;
 
-use super::durable::{durable_manifest, COUNTER_ID, PROBE_ID};
+use super::durable::{durable_manifest, pairing_counts, COUNTER_ID, PROBE_ID};
 use super::faults::publish_to_tally;
 use super::nats_server::NatsCluster;
 use crate::support::TestNode;
@@ -423,6 +423,11 @@ async fn requests_from_another_server_to_a_durable_agent_each_get_their_own_repl
             Err(e) => unanswered.push(format!("{payload}: {e}")),
         }
     }
+    let (late, unpaired) = pairing_counts(&t, "echo");
+    eprintln!(
+        "stream copies that overtook their request and waited for it: {late}; unpaired: {unpaired}"
+    );
     assert!(unanswered.is_empty(), "unanswered: {unanswered:?}");
+    assert_eq!(unpaired, 0, "no stream copy went without its request");
     t.stop().await;
 }

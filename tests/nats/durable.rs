@@ -75,6 +75,19 @@ pub async fn handled_at_least(t: &TestNode, name: &str, n: u64) {
         .unwrap_or_else(|_| panic!("{name} handled {n} messages within 20 s"));
 }
 
+/// Agent `name`'s durable pairing counters: stream copies whose core copy came while they
+/// were held for it, and those handled without one after the whole wait.
+pub fn pairing_counts(t: &TestNode, name: &str) -> (u64, u64) {
+    let text = t.node.metrics.encode();
+    let count = |metric: &str| {
+        let series = format!("agent_host_{metric}_total{{agent=\"{name}\",cluster=\"default\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in the metrics:\n{text}"))
+    };
+    (count("durable_paired_late"), count("durable_unpaired"))
+}
+
 #[tokio::test]
 async fn a_durable_agent_answers_plain_clients_and_gets_what_was_sent_while_it_was_unloaded() {
     let Some(server) = NatsServer::start("nats durable backlog") else {
@@ -401,6 +414,12 @@ async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_w
             1,
             "{name}: handled once"
         );
+        let late = if answered { 1 } else { 0 };
+        assert_eq!(
+            pairing_counts(&t, name),
+            (late, 0),
+            "{name}: paired late, unpaired"
+        );
         // Plain publishes are not held for a request: held, 100 of them would take at least
         // two pull batches of the 6 s wait.
         let started = std::time::Instant::now();
@@ -410,6 +429,11 @@ async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_w
             started.elapsed() < Duration::from_secs(5),
             "{name}: a burst of 100 plain publishes took {:?}",
             started.elapsed()
+        );
+        assert_eq!(
+            pairing_counts(&t, name),
+            (late, 0),
+            "{name}: after the burst"
         );
         t.stop().await;
     }
@@ -443,6 +467,36 @@ async fn a_backlog_older_than_the_pairing_wait_is_not_held() {
         "the old backlog was held for its core copies: {:?}",
         started.elapsed()
     );
+    assert_eq!(pairing_counts(&t, name), (0, 0));
+    t.stop().await;
+}
+
+/// A fresh stream copy whose core copy never comes is handled once the pairing wait is up,
+/// and counted: the operator's sign that requests may be going unanswered.
+#[tokio::test]
+async fn fresh_copies_whose_core_copy_never_comes_are_handled_after_the_wait_and_counted() {
+    let Some(server) = NatsServer::start("nats durable unpaired") else {
+        return;
+    };
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let wait = Duration::from_secs(3);
+    let t = durable_node(&server, |c| {
+        c.nats.request_pairing_wait_ms = wait.as_millis() as u64;
+        c.nats.ack_wait_ms = 20_000;
+    })
+    .await;
+    let (name, id) = ("echo-unpaired", "01936f11-4ea2-7000-8000-0000000000d6");
+    let manifest = durable_manifest(name, id, "");
+    t.load("echo", name, &manifest).await;
+    let started = std::time::Instant::now();
+    store_while_unloaded(&t, &client, name, &manifest, &[("a", None), ("b", None)]).await;
+    handled_at_least(&t, name, 2).await;
+    assert!(
+        started.elapsed() >= wait - Duration::from_millis(100),
+        "handled before the wait was up: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(pairing_counts(&t, name), (0, 2));
     t.stop().await;
 }
 

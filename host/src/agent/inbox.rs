@@ -48,7 +48,12 @@ impl Inbox {
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("{}", DURABLE_NEEDS_NATS))?;
         let (inbox, patterns) = durable
-            .open(&parts.identity, subs, parts.dedup_window)
+            .open(
+                &parts.identity,
+                subs,
+                parts.dedup_window,
+                parts.metrics.clone(),
+            )
             .await?;
         let inbox = Inbox {
             legacy: None,

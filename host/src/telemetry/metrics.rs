@@ -67,6 +67,8 @@ pub struct Metrics {
     denied: Family<AgentLabels, Counter>,
     dropped: Family<AgentLabels, Counter>,
     duplicates: Family<AgentLabels, Counter>,
+    paired_late: Family<AgentLabels, Counter>,
+    unpaired: Family<AgentLabels, Counter>,
     limit_hits: Family<LimitLabels, Counter>,
     canary_percent: Family<AgentLabels, Gauge>,
     upgrade_events: Family<UpgradeEventLabels, Counter>,
@@ -96,6 +98,12 @@ pub struct AgentMetrics {
     pub dropped: Counter,
     /// Messages dropped as duplicates (same message id seen twice).
     pub duplicates: Counter,
+    /// Durable stream copies whose core copy came after them, while they were held for it:
+    /// each a request that the pairing wait saved from going unanswered (or a publish).
+    pub durable_paired_late: Counter,
+    /// Durable stream copies held the whole pairing wait and handled without a core copy:
+    /// if one was a request, its requester got no reply (raise the wait if this grows).
+    pub durable_unpaired: Counter,
     /// Seconds `handle` took per message.
     pub latency: Histogram,
     /// Times the agent ran into each of its limits.
@@ -181,6 +189,8 @@ impl Metrics {
             denied: Family::default(),
             dropped: Family::default(),
             duplicates: Family::default(),
+            paired_late: Family::default(),
+            unpaired: Family::default(),
             limit_hits: Family::default(),
             canary_percent: Family::default(),
             upgrade_events: Family::default(),
@@ -221,6 +231,16 @@ impl Metrics {
             "duplicates_dropped",
             "Messages dropped as duplicates of one already handled",
             m.duplicates.clone(),
+        );
+        registry.register(
+            "durable_paired_late",
+            "Durable stream copies whose core copy came after them, while held for it ([nats] request_pairing_wait_ms)",
+            m.paired_late.clone(),
+        );
+        registry.register(
+            "durable_unpaired",
+            "Durable stream copies handled without a core copy after the whole pairing wait (a request among them got no reply)",
+            m.unpaired.clone(),
         );
         registry.register(
             "limit_hits",
@@ -281,6 +301,8 @@ impl Metrics {
             denied: self.denied.get_or_create(&labels).clone(),
             dropped: self.dropped.get_or_create(&labels).clone(),
             duplicates: self.duplicates.get_or_create(&labels).clone(),
+            durable_paired_late: self.paired_late.get_or_create(&labels).clone(),
+            durable_unpaired: self.unpaired.get_or_create(&labels).clone(),
             latency: self.latency.get_or_create(&labels).clone(),
             limits: LimitHits {
                 cpu: self.limit_hit(&labels, "cpu"),
@@ -315,6 +337,8 @@ impl Metrics {
         self.denied.remove(labels);
         self.dropped.remove(labels);
         self.duplicates.remove(labels);
+        self.paired_late.remove(labels);
+        self.unpaired.remove(labels);
         self.latency.remove(labels);
         self.canary_percent.remove(labels);
         for event in UPGRADE_EVENTS {

@@ -38,8 +38,9 @@ use crate::bus::BusMessage;
 use crate::config::NatsSection;
 use crate::manifest::Subscriptions;
 use crate::subjects;
+use crate::telemetry::AgentMetrics;
 
-use pump::{pump, Held};
+use pump::{pump, Held, Sources};
 
 /// The subjects the stream covers.
 const STREAM_SUBJECTS: &str = "agent.>";
@@ -318,6 +319,7 @@ impl DurableDelivery {
         identity: &Identity,
         subs: &Subscriptions,
         dedup_window: usize,
+        metrics: Arc<AgentMetrics>,
     ) -> anyhow::Result<(DurableInbox, Vec<String>)> {
         let stream = self.ensure_stream().await?;
         let s = self.settings.clone();
@@ -389,13 +391,12 @@ impl DurableDelivery {
         let (tx, rx) = mpsc::channel(s.max_ack_pending as usize);
         let held = Held::default();
         let pump = tokio::spawn(pump(
-            cores,
-            feeds,
-            tx,
+            Sources { cores, feeds, tx },
             identity.name.clone(),
             held.clone(),
             s.pairing_wait,
             s.max_ack_pending as usize,
+            metrics,
         ));
         let window = dedup_window.max(4 * s.max_ack_pending as usize);
         Ok((

@@ -14,6 +14,7 @@ use super::replies::{fingerprint_of, fingerprint_of_nats};
 use super::replies::{CoreCopies, CoreCopy, ReplySubjects};
 use super::{DurableMessage, FeedStream};
 use crate::bus::BusMessage;
+use crate::telemetry::AgentMetrics;
 
 /// Pairs core copies with their stream copies and hands stream copies to the runner.
 ///
@@ -27,14 +28,18 @@ use crate::bus::BusMessage;
 /// (a backlog) is never held. Held messages leave in arrival order, so a wait never
 /// reorders messages.
 pub(super) async fn pump(
-    mut cores: SelectAll<async_nats::Subscriber>,
-    mut feeds: SelectAll<FeedStream>,
-    tx: mpsc::Sender<DurableMessage>,
+    sources: Sources,
     agent: String,
     held: Held,
     pairing_wait: Duration,
     max_held: usize,
+    metrics: Arc<AgentMetrics>,
 ) {
+    let Sources {
+        mut cores,
+        mut feeds,
+        tx,
+    } = sources;
     // A publish's mark matters while its stream copy could be held; twice the wait covers
     // a server clock that runs behind the node's by up to the wait.
     let mut pairing = Pairing {
@@ -44,7 +49,7 @@ pub(super) async fn pump(
     };
     loop {
         // Hand over, in order, every message at the front that is claimed or waited enough.
-        while held.front_ready(&mut pairing) {
+        while held.front_ready(&mut pairing, &metrics) {
             let Some(permit) = reserve(&tx, &mut cores, &mut pairing).await else {
                 return;
             };
@@ -86,6 +91,7 @@ pub(super) async fn pump(
         let key = fingerprint_of(&msg);
         let now = Instant::now();
         let mut due = now;
+        let mut waits = false;
         let claimed = if delivered > 1 {
             // Its core copy was claimed on the first delivery (or never came): the reply
             // subject, if it had one, is kept by sequence.
@@ -95,6 +101,7 @@ pub(super) async fn pump(
             true
         } else {
             let wait = unclaimed_wait(pairing_wait, published, unix_nanos_now());
+            waits = !wait.is_zero();
             // `checked_add`: a wait too long for the clock means "until its core copy comes".
             due = now
                 .checked_add(wait)
@@ -112,6 +119,7 @@ pub(super) async fn pump(
             key,
             due,
             claimed,
+            waits,
         });
     }
 }
@@ -178,6 +186,18 @@ pub(super) struct HeldCopy {
     due: Instant,
     /// Whether its core copy was found (or need not be looked for).
     claimed: bool,
+    /// Whether it arrived fresh and unclaimed, to be held for its core copy.
+    waits: bool,
+}
+
+/// Where the pump reads from and writes to.
+pub(super) struct Sources {
+    /// The core subscriptions to the agent's patterns.
+    pub cores: SelectAll<async_nats::Subscriber>,
+    /// The agent's consumers.
+    pub feeds: SelectAll<FeedStream>,
+    /// The runner's side.
+    pub tx: mpsc::Sender<DurableMessage>,
 }
 
 /// Stream copies the pump fetched and has not handed to the runner, in arrival order.
@@ -200,7 +220,8 @@ impl Held {
 
     /// Whether the front may go to the runner: its core copy was found (now or before), or
     /// it has waited long enough for one.
-    fn front_ready(&self, pairing: &mut Pairing) -> bool {
+    /// Counts the copies that waited: paired late, or not at all.
+    fn front_ready(&self, pairing: &mut Pairing, metrics: &AgentMetrics) -> bool {
         let mut held = self.lock();
         let Some(front) = held.front_mut() else {
             return false;
@@ -209,6 +230,12 @@ impl Held {
         if !front.claimed {
             let (key, sequence) = (front.key, front.out.sequence);
             front.claimed = pairing.claim(key, sequence, &mut front.out.msg, now);
+            if front.claimed && front.waits {
+                metrics.durable_paired_late.inc();
+            }
+            if !front.claimed && front.waits && front.due <= now {
+                metrics.durable_unpaired.inc();
+            }
         }
         front.claimed || front.due <= now
     }
