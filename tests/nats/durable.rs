@@ -314,6 +314,25 @@ async fn concurrent_requests_to_a_durable_agent_each_get_their_own_reply() {
     t.stop().await;
 }
 
+/// A node whose durable agents wait `wait` for their core copies, inside an `ack_wait` long
+/// enough for it (a held message is not acknowledged yet), and the durable echo `name`
+/// (agent id `id`) loaded on it; with its manifest, for reloads.
+async fn echo_with_pairing_wait(
+    server: &NatsServer,
+    wait: Duration,
+    name: &str,
+    id: &str,
+) -> (TestNode, String) {
+    let t = durable_node(server, |c| {
+        c.nats.request_pairing_wait_ms = wait.as_millis() as u64;
+        c.nats.ack_wait_ms = 30_000;
+    })
+    .await;
+    let manifest = durable_manifest(name, id, "");
+    t.load("echo", name, &manifest).await;
+    (t, manifest)
+}
+
 /// Stores `payload` (with `Nats-Msg-Id` `id`) for durable agent `name` while it is
 /// unloaded, so that no core copy of it reaches the node, and loads the agent again: its
 /// stream copy then comes fresh and alone, as a request's stream copy that overtook its
@@ -373,14 +392,8 @@ async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_w
         ),
     ];
     for (name, id, wait_ms, answered) in cases {
-        let t = durable_node(&server, |c| {
-            c.nats.request_pairing_wait_ms = wait_ms;
-            // A held message is unacknowledged: the wait must stay inside ack_wait.
-            c.nats.ack_wait_ms = 20_000;
-        })
-        .await;
-        let manifest = durable_manifest(name, id, "");
-        t.load("echo", name, &manifest).await;
+        let (t, manifest) =
+            echo_with_pairing_wait(&server, Duration::from_millis(wait_ms), name, id).await;
         let msg_id = format!("pairing-{name}");
         store_while_unloaded(&t, &client, name, &manifest, &[("first", Some(&msg_id))]).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -448,14 +461,9 @@ async fn a_backlog_older_than_the_pairing_wait_is_not_held() {
     };
     let client = async_nats::connect(server.url()).await.unwrap();
     let wait = Duration::from_secs(4);
-    let t = durable_node(&server, |c| {
-        c.nats.request_pairing_wait_ms = wait.as_millis() as u64;
-        c.nats.ack_wait_ms = 20_000;
-    })
-    .await;
-    let (name, id) = ("echo-backlog", "01936f11-4ea2-7000-8000-0000000000d5");
-    let manifest = durable_manifest(name, id, "");
-    t.load("echo", name, &manifest).await;
+    let name = "echo-backlog";
+    let (t, manifest) =
+        echo_with_pairing_wait(&server, wait, name, "01936f11-4ea2-7000-8000-0000000000d5").await;
     t.node.unload(name).await.unwrap();
     publish_plain(&client, name, 20).await;
     tokio::time::sleep(wait + Duration::from_millis(500)).await;
@@ -480,14 +488,9 @@ async fn fresh_copies_whose_core_copy_never_comes_are_handled_after_the_wait_and
     };
     let client = async_nats::connect(server.url()).await.unwrap();
     let wait = Duration::from_secs(3);
-    let t = durable_node(&server, |c| {
-        c.nats.request_pairing_wait_ms = wait.as_millis() as u64;
-        c.nats.ack_wait_ms = 20_000;
-    })
-    .await;
-    let (name, id) = ("echo-unpaired", "01936f11-4ea2-7000-8000-0000000000d6");
-    let manifest = durable_manifest(name, id, "");
-    t.load("echo", name, &manifest).await;
+    let name = "echo-unpaired";
+    let (t, manifest) =
+        echo_with_pairing_wait(&server, wait, name, "01936f11-4ea2-7000-8000-0000000000d6").await;
     let started = std::time::Instant::now();
     store_while_unloaded(&t, &client, name, &manifest, &[("a", None), ("b", None)]).await;
     handled_at_least(&t, name, 2).await;
@@ -508,14 +511,14 @@ async fn messages_held_for_their_request_are_handed_back_when_the_agent_stops() 
         return;
     };
     let client = async_nats::connect(server.url()).await.unwrap();
-    let t = durable_node(&server, |c| {
-        c.nats.request_pairing_wait_ms = 8000;
-        c.nats.ack_wait_ms = 30_000;
-    })
+    let name = "echo-held";
+    let (t, manifest) = echo_with_pairing_wait(
+        &server,
+        Duration::from_secs(8),
+        name,
+        "01936f11-4ea2-7000-8000-0000000000d3",
+    )
     .await;
-    let (name, id) = ("echo-held", "01936f11-4ea2-7000-8000-0000000000d3");
-    let manifest = durable_manifest(name, id, "");
-    t.load("echo", name, &manifest).await;
     let stored: Vec<(String, Option<&str>)> = (0..5).map(|i| (format!("held {i}"), None)).collect();
     let stored: Vec<(&str, Option<&str>)> = stored.iter().map(|(p, i)| (p.as_str(), *i)).collect();
     store_while_unloaded(&t, &client, name, &manifest, &stored).await;
