@@ -43,7 +43,7 @@ pub(super) async fn pump(
     // A publish's mark matters while its stream copy could be held; twice the wait covers
     // a server clock that runs behind the node's by up to the wait.
     let mut pairing = Pairing {
-        copies: CoreCopies::new(pairing_wait * 2),
+        copies: CoreCopies::new(pairing_wait.saturating_mul(2)),
         replies: ReplySubjects::default(),
         mark_publishes: !pairing_wait.is_zero(),
     };
@@ -166,7 +166,7 @@ impl Pairing {
 /// backlog published long ago is not held at all. A server clock ahead of the node's
 /// (a negative age) counts as new; the wait never exceeds `pairing_wait`.
 pub(super) fn unclaimed_wait(pairing_wait: Duration, published: i128, now: i128) -> Duration {
-    let age = u64::try_from(now.saturating_sub(published)).unwrap_or(0);
+    let age = now.saturating_sub(published).clamp(0, i128::from(u64::MAX)) as u64;
     pairing_wait.saturating_sub(Duration::from_nanos(age))
 }
 
