@@ -396,6 +396,11 @@ async fn requests_from_another_server_to_a_durable_agent_each_get_their_own_repl
     t.load("echo", "echo", &durable_manifest("echo", id, ""))
         .await;
     let client = async_nats::connect(urls[2].clone()).await.unwrap();
+    // What the node reads to warn when the pairing wait is 0 in a cluster.
+    assert!(
+        client.server_info().cluster.is_some(),
+        "a clustered server names its cluster in INFO"
+    );
     // The first answered request shows the node's subscriptions reached the third server.
     assert_eq!(answer(&client, "agent.to.echo.x", "first").await, "first");
     let requests = (0..100).map(|i| {

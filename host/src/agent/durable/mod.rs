@@ -218,20 +218,13 @@ impl DurableDelivery {
         Ok(stream.clone())
     }
 
-    /// On a server that is part of a cluster, a request's stream copy can reach the node
-    /// before its core copy; with the pairing wait turned off the agent then handles it
-    /// without a reply subject and the requester times out (seen: 6 of 100 concurrent
-    /// requests, on a busy 2-core machine). The log says so once.
+    /// Logs [`unpaired_requests_warning`] once, if it applies.
     fn warn_of_unpaired_requests(&self) {
-        if !self.settings.pairing_wait.is_zero() {
-            return;
-        }
-        if let Some(cluster) = &self.client.server_info().cluster {
-            tracing::warn!(
-                url = %self.url,
-                cluster = %cluster,
-                "durable delivery: the NATS server is part of cluster '{cluster}' and [nats] request_pairing_wait_ms is 0: a request to a durable agent from a client on another server can go unanswered when the stream's copy of it arrives first; remove the setting (default 500) if such requests must be answered"
-            );
+        let info = self.client.server_info();
+        if let Some(text) =
+            unpaired_requests_warning(self.settings.pairing_wait, info.cluster.as_deref())
+        {
+            tracing::warn!(url = %self.url, "{text}");
         }
     }
 
@@ -414,6 +407,17 @@ impl DurableDelivery {
     }
 }
 
+/// On a server that is part of a cluster (`cluster`, from its INFO), a request's stream
+/// copy can reach the node before its core copy; with the pairing wait turned off the agent
+/// then handles it without a reply subject and the requester times out (seen: 6 of 100
+/// concurrent requests, on a busy 2-core machine). What to tell the operator, if anything.
+fn unpaired_requests_warning(pairing_wait: Duration, cluster: Option<&str>) -> Option<String> {
+    let cluster = cluster.filter(|_| pairing_wait.is_zero())?;
+    Some(format!(
+        "durable delivery: the NATS server is part of cluster '{cluster}' and [nats] request_pairing_wait_ms is 0: a request to a durable agent from a client on another server can go unanswered when the stream's copy of it arrives first; remove the setting (default 500) if such requests must be answered"
+    ))
+}
+
 fn via_tag(via: Via) -> &'static str {
     match via {
         Via::Legacy => "legacy",
@@ -522,5 +526,21 @@ impl Feed {
 async fn acknowledge(agent: &str, acker: &jetstream::message::Acker, kind: AckKind) {
     if let Err(e) = acker.ack_with(kind).await {
         tracing::warn!(agent = %agent, "durable delivery: cannot send {kind:?} to NATS: {e}; the message will be redelivered and recognised");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_clustered_server_without_a_pairing_wait_is_warned_about() {
+        let text = unpaired_requests_warning(Duration::ZERO, Some("east")).expect("a warning");
+        assert!(text.contains("cluster 'east'"), "{text}");
+        assert!(text.contains("request_pairing_wait_ms is 0"), "{text}");
+        assert!(text.contains("remove the setting"), "{text}");
+        assert_eq!(unpaired_requests_warning(Duration::ZERO, None), None);
+        let wait = Duration::from_millis(500);
+        assert_eq!(unpaired_requests_warning(wait, Some("east")), None);
     }
 }
