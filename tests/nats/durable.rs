@@ -333,29 +333,25 @@ async fn echo_with_pairing_wait(
     (t, manifest)
 }
 
-/// Stores `payload` (with `Nats-Msg-Id` `id`) for durable agent `name` while it is
-/// unloaded, so that no core copy of it reaches the node, and loads the agent again: its
-/// stream copy then comes fresh and alone, as a request's stream copy that overtook its
-/// core copy does in a cluster.
+/// Stores `messages` (payloads, each with its `Nats-Msg-Id` if given) for durable agent
+/// `name` while it is unloaded, so that no core copy of them reaches the node, and loads
+/// the agent again: their stream copies then come fresh and alone, as a request's stream
+/// copy that overtook its core copy does in a cluster.
 async fn store_while_unloaded(
     t: &TestNode,
     client: &async_nats::Client,
     name: &str,
     manifest: &str,
-    messages: &[(&str, Option<&str>)],
+    messages: impl IntoIterator<Item = (String, Option<String>)>,
 ) {
     t.node.unload(name).await.unwrap();
     for (payload, id) in messages {
         let mut headers = async_nats::HeaderMap::new();
         if let Some(id) = id {
-            headers.insert("Nats-Msg-Id", *id);
+            headers.insert("Nats-Msg-Id", id.as_str());
         }
         client
-            .publish_with_headers(
-                format!("agent.to.{name}.x"),
-                headers,
-                payload.to_string().into(),
-            )
+            .publish_with_headers(format!("agent.to.{name}.x"), headers, payload.into())
             .await
             .unwrap();
     }
@@ -395,7 +391,8 @@ async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_w
         let (t, manifest) =
             echo_with_pairing_wait(&server, Duration::from_millis(wait_ms), name, id).await;
         let msg_id = format!("pairing-{name}");
-        store_while_unloaded(&t, &client, name, &manifest, &[("first", Some(&msg_id))]).await;
+        let stored = [("first".to_string(), Some(msg_id.clone()))];
+        store_while_unloaded(&t, &client, name, &manifest, stored).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id.as_str());
@@ -492,7 +489,8 @@ async fn fresh_copies_whose_core_copy_never_comes_are_handled_after_the_wait_and
     let (t, manifest) =
         echo_with_pairing_wait(&server, wait, name, "01936f11-4ea2-7000-8000-0000000000d6").await;
     let started = std::time::Instant::now();
-    store_while_unloaded(&t, &client, name, &manifest, &[("a", None), ("b", None)]).await;
+    let stored = ["a", "b"].map(|payload| (payload.to_string(), None));
+    store_while_unloaded(&t, &client, name, &manifest, stored).await;
     handled_at_least(&t, name, 2).await;
     assert!(
         started.elapsed() >= wait - Duration::from_millis(100),
@@ -519,9 +517,8 @@ async fn messages_held_for_their_request_are_handed_back_when_the_agent_stops() 
         "01936f11-4ea2-7000-8000-0000000000d3",
     )
     .await;
-    let stored: Vec<(String, Option<&str>)> = (0..5).map(|i| (format!("held {i}"), None)).collect();
-    let stored: Vec<(&str, Option<&str>)> = stored.iter().map(|(p, i)| (p.as_str(), *i)).collect();
-    store_while_unloaded(&t, &client, name, &manifest, &stored).await;
+    let stored = (0..5).map(|i| (format!("held {i}"), None));
+    store_while_unloaded(&t, &client, name, &manifest, stored).await;
     // They reach the node fresh and without core copies, and wait there; the agent stops.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(t.node.status(name).await.unwrap().handled, 0);

@@ -320,7 +320,17 @@ fn nats(root: &Section, source: Option<&Path>) -> Result<NatsSection, FieldError
     check_bucket_name(&kv_bucket).map_err(|e| s.error("kv_bucket", e))?;
     let kv_replicas = replicas(&s, "kv_replicas", "a bucket")?.unwrap_or(d.kv_replicas);
     let stream_replicas = replicas(&s, "stream_replicas", "a stream")?.unwrap_or(d.stream_replicas);
-    let mut nats = NatsSection {
+    let ack_wait_ms = s
+        .positive(
+            "ack_wait_ms",
+            "30000",
+            "every message would be redelivered at once",
+        )?
+        .unwrap_or(d.ack_wait_ms);
+    // The default wait stays well inside a short ack_wait; a wait the operator chose is
+    // checked below.
+    let chosen_wait = s.uint("request_pairing_wait_ms", "500")?;
+    let nats = NatsSection {
         url,
         stream_name,
         kv_bucket,
@@ -334,13 +344,7 @@ fn nats(root: &Section, source: Option<&Path>) -> Result<NatsSection, FieldError
                 "no connection could ever be made",
             )?
             .unwrap_or(d.connect_timeout_ms),
-        ack_wait_ms: s
-            .positive(
-                "ack_wait_ms",
-                "30000",
-                "every message would be redelivered at once",
-            )?
-            .unwrap_or(d.ack_wait_ms),
+        ack_wait_ms,
         max_deliver: s
             .positive("max_deliver", "5", "no message could be delivered")?
             .unwrap_or(d.max_deliver),
@@ -367,19 +371,16 @@ fn nats(root: &Section, source: Option<&Path>) -> Result<NatsSection, FieldError
                 "every message would be dropped",
             )?
             .unwrap_or(d.subscription_capacity),
-        request_pairing_wait_ms: d.request_pairing_wait_ms,
+        request_pairing_wait_ms: chosen_wait
+            .unwrap_or(d.request_pairing_wait_ms.min(ack_wait_ms / 4)),
     };
     // A held message is not acknowledged yet: held past ack_wait, the server would send it
-    // again while it waits. The default stays well inside a short ack_wait; a wait the
-    // operator chose is checked.
-    let pairing_wait = s.uint("request_pairing_wait_ms", "500")?;
-    nats.request_pairing_wait_ms =
-        pairing_wait.unwrap_or(d.request_pairing_wait_ms.min(nats.ack_wait_ms / 4));
-    if pairing_wait.is_some() && nats.request_pairing_wait_ms >= nats.ack_wait_ms {
+    // again while it waits.
+    if chosen_wait.is_some() && nats.request_pairing_wait_ms >= nats.ack_wait_ms {
         return Err(s.error(
             "request_pairing_wait_ms",
             format!(
-                "{} ms is not shorter than ack_wait_ms ({} ms); expected a short wait (tens of ms), or raise ack_wait_ms",
+                "{} ms is not shorter than ack_wait_ms ({} ms); expected a wait well inside it (the default is 500 ms, at most a quarter of ack_wait_ms), or raise ack_wait_ms",
                 nats.request_pairing_wait_ms, nats.ack_wait_ms
             ),
         ));

@@ -73,8 +73,8 @@ pub enum CoreCopy {
 
 /// The core copies whose stream copies have not come yet, by fingerprint.
 pub struct CoreCopies {
-    requests: Requests,
-    marks: Marks,
+    requests: Records<String>,
+    marks: Records<()>,
 }
 
 impl CoreCopies {
@@ -83,11 +83,8 @@ impl CoreCopies {
     /// remembering longer.
     pub fn new(publish_ttl: Duration) -> CoreCopies {
         CoreCopies {
-            requests: Requests::default(),
-            marks: Marks {
-                ttl: publish_ttl,
-                ..Marks::default()
-            },
+            requests: Records::new(PENDING_TTL, MAX_PENDING),
+            marks: Records::new(publish_ttl, MAX_MARKS),
         }
     }
 
@@ -95,7 +92,7 @@ impl CoreCopies {
     pub fn record(&mut self, key: u64, copy: CoreCopy, now: Instant) {
         match copy {
             CoreCopy::Request(reply) => self.requests.record(key, reply, now),
-            CoreCopy::Publish => self.marks.record(key, now),
+            CoreCopy::Publish => self.marks.record(key, (), now),
         }
     }
 
@@ -106,7 +103,7 @@ impl CoreCopies {
         if let Some(reply) = self.requests.take(key, now) {
             return Some(CoreCopy::Request(reply));
         }
-        self.marks.take(key, now).then_some(CoreCopy::Publish)
+        self.marks.take(key, now).map(|()| CoreCopy::Publish)
     }
 
     /// Requests recorded and not claimed yet.
@@ -122,129 +119,65 @@ impl CoreCopies {
     }
 }
 
-/// Recorded requests: their reply subjects by fingerprint, first in first out, and when each
-/// was recorded (`order`, oldest first, with a serial number per record). A request claimed
-/// out of order keeps its place in `order` until it is reached and skipped, so `order` is
-/// compacted when such places outnumber the live records.
-#[derive(Default)]
-struct Requests {
-    by_key: HashMap<u64, VecDeque<(u64, String)>>,
-    order: VecDeque<(Instant, u64, u64)>,
-    live: usize,
-    next_serial: u64,
-}
-
-impl Requests {
-    fn record(&mut self, key: u64, reply: String, now: Instant) {
-        self.expire(now);
-        if self.live >= MAX_PENDING {
-            while let Some((_, key, serial)) = self.order.pop_front() {
-                if self.remove(key, serial) {
-                    break;
-                }
-            }
-        }
-        let serial = self.next_serial;
-        self.next_serial += 1;
-        self.by_key
-            .entry(key)
-            .or_default()
-            .push_back((serial, reply));
-        self.order.push_back((now, key, serial));
-        self.live += 1;
-    }
-
-    fn take(&mut self, key: u64, now: Instant) -> Option<String> {
-        self.expire(now);
-        let queue = self.by_key.get_mut(&key)?;
-        let (serial, reply) = queue.pop_front()?;
-        if queue.is_empty() {
-            self.by_key.remove(&key);
-        }
-        self.live -= 1;
-        // In order (the usual case) the claimed request is the oldest: drop its place now.
-        if self.order.front().is_some_and(|&(_, _, s)| s == serial) {
-            self.order.pop_front();
-        }
-        if self.order.len() > 2 * self.live + 64 {
-            let by_key = &self.by_key;
-            self.order.retain(|(_, key, serial)| {
-                by_key
-                    .get(key)
-                    .is_some_and(|q| q.iter().any(|(s, _)| s == serial))
-            });
-        }
-        Some(reply)
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while let Some(&(at, key, serial)) = self.order.front() {
-            if now.duration_since(at) < PENDING_TTL {
-                break;
-            }
-            self.order.pop_front();
-            self.remove(key, serial);
-        }
-    }
-
-    /// Removes request `serial` of fingerprint `key`; false when it was claimed already.
-    /// Only ever called for the oldest place in `order`: a live request there is the oldest
-    /// of its fingerprint, the front of its queue.
-    fn remove(&mut self, key: u64, serial: u64) -> bool {
-        let Some(queue) = self.by_key.get_mut(&key) else {
-            return false;
-        };
-        if queue.front().is_none_or(|(s, _)| *s != serial) {
-            return false;
-        }
-        queue.pop_front();
-        if queue.is_empty() {
-            self.by_key.remove(&key);
-        }
-        self.live -= 1;
-        true
-    }
-}
-
-/// Marks of plain publishes: a count per fingerprint and when each mark was made. Claims
-/// take the oldest mark of a fingerprint, and marks age out oldest first, so a mark that
-/// ages out is a claimed one as long as its fingerprint has claimed marks left.
-#[derive(Default)]
-struct Marks {
+/// Records of one kind by fingerprint, first in first out: each kept for `ttl`, and at
+/// most `cap` of them unclaimed (the oldest is forgotten beyond that). `order` holds when
+/// each was made, oldest first, claimed ones included until they age out. A claim takes the
+/// oldest unclaimed record of its fingerprint, and records age out oldest first, so the one
+/// that ages out is a claimed one while its fingerprint has claimed ones left.
+struct Records<V> {
     ttl: Duration,
-    counts: HashMap<u64, MarkCount>,
+    cap: usize,
+    by_key: HashMap<u64, Fingerprinted<V>>,
     order: VecDeque<(Instant, u64)>,
     live: usize,
 }
 
-#[derive(Default)]
-struct MarkCount {
-    live: u32,
+/// The records of one fingerprint: the unclaimed ones, oldest first, and how many claimed
+/// ones still have a place in `order`.
+struct Fingerprinted<V> {
+    unclaimed: VecDeque<V>,
     claimed: u32,
 }
 
-impl Marks {
-    fn record(&mut self, key: u64, now: Instant) {
+impl<V> Records<V> {
+    fn new(ttl: Duration, cap: usize) -> Records<V> {
+        Records {
+            ttl,
+            cap,
+            by_key: HashMap::new(),
+            order: VecDeque::new(),
+            live: 0,
+        }
+    }
+
+    fn record(&mut self, key: u64, value: V, now: Instant) {
         self.expire(now);
-        if self.order.len() >= MAX_MARKS {
+        while self.live >= self.cap && !self.order.is_empty() {
             self.age_out_oldest();
         }
-        self.counts.entry(key).or_default().live += 1;
+        self.by_key
+            .entry(key)
+            .or_insert_with(|| Fingerprinted {
+                unclaimed: VecDeque::new(),
+                claimed: 0,
+            })
+            .unclaimed
+            .push_back(value);
         self.order.push_back((now, key));
         self.live += 1;
     }
 
-    fn take(&mut self, key: u64, now: Instant) -> bool {
+    fn take(&mut self, key: u64, now: Instant) -> Option<V> {
         self.expire(now);
-        match self.counts.get_mut(&key) {
-            Some(count) if count.live > 0 => {
-                count.live -= 1;
-                count.claimed += 1;
-                self.live -= 1;
-                true
-            }
-            _ => false,
+        let records = self.by_key.get_mut(&key)?;
+        let value = records.unclaimed.pop_front()?;
+        records.claimed += 1;
+        self.live -= 1;
+        // Claimed out of order, records keep places in `order` until they age out.
+        if self.order.len() > 2 * self.live + 64 {
+            self.compact();
         }
+        Some(value)
     }
 
     fn expire(&mut self, now: Instant) {
@@ -256,22 +189,36 @@ impl Marks {
         }
     }
 
+    /// Removes the oldest place in `order`, and its record if that was unclaimed.
     fn age_out_oldest(&mut self) {
         let Some((_, key)) = self.order.pop_front() else {
             return;
         };
-        let Some(count) = self.counts.get_mut(&key) else {
+        let Some(records) = self.by_key.get_mut(&key) else {
             return;
         };
-        if count.claimed > 0 {
-            count.claimed -= 1;
+        if records.claimed > 0 {
+            records.claimed -= 1;
         } else {
-            count.live -= 1;
+            records.unclaimed.pop_front();
             self.live -= 1;
         }
-        if count.live == 0 && count.claimed == 0 {
-            self.counts.remove(&key);
+        if records.claimed == 0 && records.unclaimed.is_empty() {
+            self.by_key.remove(&key);
         }
+    }
+
+    /// Drops the places of claimed records from `order`: each fingerprint's oldest ones.
+    fn compact(&mut self) {
+        let by_key = &mut self.by_key;
+        self.order.retain(|(_, key)| match by_key.get_mut(key) {
+            Some(records) if records.claimed > 0 => {
+                records.claimed -= 1;
+                false
+            }
+            _ => true,
+        });
+        by_key.retain(|_, records| !records.unclaimed.is_empty());
     }
 }
 
@@ -413,6 +360,24 @@ mod tests {
         assert_eq!(p.take(1_000_000, now), None, "and the oldest publish");
         assert!(p.take(MAX_PENDING as u64 + 4, now).is_some());
         assert_eq!(p.take(1_000_000 + 5, now), Some(CoreCopy::Publish));
+    }
+
+    #[test]
+    fn the_bound_forgets_the_oldest_unclaimed_record_past_claimed_ones() {
+        let now = Instant::now();
+        let mut r = Records::new(PENDING_TTL, 2);
+        r.record(1, "a", now);
+        assert_eq!(r.take(1, now), Some("a"));
+        r.record(2, "b", now);
+        r.record(3, "c", now);
+        r.record(4, "d", now);
+        assert_eq!(r.live, 2);
+        assert_eq!(
+            r.take(2, now),
+            None,
+            "b, the oldest unclaimed, was forgotten"
+        );
+        assert_eq!((r.take(3, now), r.take(4, now)), (Some("c"), Some("d")));
     }
 
     #[test]
