@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod bindings;
+pub mod bounded;
 pub mod bus;
 pub mod capabilities;
 pub mod cli;

@@ -143,9 +143,9 @@ impl Live {
         self.store.set_epoch_deadline(1);
     }
 
-    /// When the current (or last) export call began.
-    pub fn call_started(&self) -> std::time::Instant {
-        self.store.data().watch.call_started()
+    /// Wall time since the current (or last) export call began.
+    pub fn since_call_start(&self) -> std::time::Duration {
+        self.store.data().watch.since_call_start()
     }
 
     /// What a trap of the current call was, in words, and which limit it hit (if any).

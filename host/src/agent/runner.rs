@@ -218,6 +218,9 @@ pub(super) struct Runner {
     pub(super) rollback_window: Duration,
     /// The canary in progress (see `canary.rs`).
     pub(super) canary: Option<Box<Canary>>,
+    /// The message handed to `handle`, kept between messages so its buffers are reused
+    /// (see [`crate::capabilities::messaging::fill_wit_message`]).
+    pub(super) wit_message: Option<crate::bindings::Message>,
 }
 
 impl Runner {
@@ -242,6 +245,7 @@ impl Runner {
             previous: None,
             rollback_window,
             canary: None,
+            wit_message: None,
         };
         let mut live = runner.fresh_instance().await?;
         live.begin_turn(None, Duration::from_secs(1));

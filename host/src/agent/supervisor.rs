@@ -11,7 +11,7 @@ use super::runner::Runner;
 use super::status::AgentState;
 use crate::bindings::Message;
 use crate::bus::BusMessage;
-use crate::capabilities::messaging::{from_wit_message, to_wit_message};
+use crate::capabilities::messaging::{empty_wit_message, fill_wit_message, from_wit_message};
 use crate::subjects;
 
 /// Restarts in a row without a successful message before an agent is marked failed.
@@ -37,10 +37,18 @@ pub(super) enum Outcome {
 impl Runner {
     /// Hands one message to `handle`, retrying after traps.
     pub(super) async fn deliver(&mut self, msg: BusMessage) -> Outcome {
-        let wit_msg = to_wit_message(msg, None);
+        let mut wit_msg = self.wit_message.take().unwrap_or_else(empty_wit_message);
+        fill_wit_message(&mut wit_msg, msg);
+        let outcome = self.deliver_wit(&wit_msg).await;
+        self.wit_message = Some(wit_msg);
+        outcome
+    }
+
+    /// [`Self::deliver`] of the message as the guest gets it.
+    async fn deliver_wit(&mut self, wit_msg: &Message) -> Outcome {
         let mut traps = 0u32;
         let outcome = loop {
-            match self.handle_once(&wit_msg).await {
+            match self.handle_once(wit_msg).await {
                 Ok(None) => break Outcome::Handled,
                 Ok(Some(error)) => break Outcome::Refused(error),
                 Err(text) => {
@@ -52,7 +60,7 @@ impl Runner {
                     }
                     if traps >= self.parts.max_traps_per_message {
                         let why = format!("trapped {traps} times: {text}");
-                        self.dead_letter(from_wit_message(&wit_msg), &why).await;
+                        self.dead_letter(from_wit_message(wit_msg), &why).await;
                         break Outcome::DeadLettered;
                     }
                 }
@@ -79,7 +87,7 @@ impl Runner {
             .expect("a live instance between restarts");
         live.begin_turn(msg.reply_to.as_deref(), p.limits.cpu_per_message);
         let result = live.call_handle(msg).await;
-        let took = live.call_started().elapsed();
+        let took = live.since_call_start();
         p.metrics.latency.observe(took.as_secs_f64());
         match result {
             Ok(Ok(())) => {

@@ -121,6 +121,26 @@ pub trait Transport: Send + Sync + 'static {
     /// `timeout`.
     async fn request(&self, msg: BusMessage, timeout: Duration) -> Result<BusMessage, BusError>;
 
+    /// [`Transport::publish`] of a message an agent sends, stamped with its sender's
+    /// agent-ref in the `Agent-Ref` header (DESIGN §4), after the headers it already has.
+    /// A transport may encode the stamp itself rather than as one more header in the list:
+    /// NATS does, since it is on every reply and its name never changes.
+    async fn publish_stamped(&self, mut msg: BusMessage, sender: &str) -> Result<(), BusError> {
+        stamp(&mut msg, sender);
+        self.publish(msg).await
+    }
+
+    /// [`Transport::request`] stamped like [`Transport::publish_stamped`].
+    async fn request_stamped(
+        &self,
+        mut msg: BusMessage,
+        sender: &str,
+        timeout: Duration,
+    ) -> Result<BusMessage, BusError> {
+        stamp(&mut msg, sender);
+        self.request(msg, timeout).await
+    }
+
     /// Messages dropped because a subscriber's buffer was full, since start.
     fn dropped(&self) -> u64;
 
@@ -131,6 +151,15 @@ pub trait Transport: Send + Sync + 'static {
     /// operator of a NATS cluster needs to see which server a node is on and whether it
     /// is cut off from all of them.
     fn state(&self) -> BusState;
+}
+
+/// Appends the sender stamp to `msg`'s headers: what [`Transport::publish_stamped`] does on a
+/// transport that keeps headers as a list.
+pub fn stamp(msg: &mut BusMessage, sender: &str) {
+    msg.headers.push((
+        crate::subjects::SENDER_HEADER.to_string(),
+        sender.to_string(),
+    ));
 }
 
 /// Where a node's bus stands right now.

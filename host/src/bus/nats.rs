@@ -19,11 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{ConnectErrorKind, Event, HeaderMap, RequestErrorKind};
-use futures::StreamExt;
+use futures::future::Either;
+use futures::{FutureExt, StreamExt};
 
 use super::{
     subscription_channel, BusError, BusMessage, BusState, Delivery, Subscription, Transport,
 };
+use crate::bounded::within;
 use crate::subjects;
 pub(crate) use headers::from_nats;
 use headers::{encoded_header_len, to_nats_headers};
@@ -156,19 +158,99 @@ impl NatsBus {
 
     /// Checks size, subject and headers before anything is queued, so a refused message is
     /// refused with the reason instead of closing the connection or timing out.
-    /// Takes the headers out of `msg` (moved into the client's map, not copied).
-    fn check(&self, msg: &mut BusMessage) -> Result<(HeaderMap, usize), BusError> {
+    /// Takes the headers out of `msg` (moved into the client's map, not copied), and adds
+    /// `sender`'s stamp when given.
+    fn check(
+        &self,
+        msg: &mut BusMessage,
+        sender: Option<&str>,
+    ) -> Result<(HeaderMap, usize), BusError> {
         subjects::validate_subject(&msg.subject).map_err(BusError::InvalidSubject)?;
         if let Some(reply_to) = &msg.reply_to {
             subjects::validate_subject(reply_to).map_err(BusError::InvalidSubject)?;
         }
-        let size = msg.payload.len() + encoded_header_len(&msg.headers);
+        let size = msg.payload.len() + encoded_header_len(&msg.headers, sender);
         let max = self.client.max_payload();
         if size > max {
             return Err(BusError::TooLarge { size, max });
         }
-        let headers = to_nats_headers(std::mem::take(&mut msg.headers))?;
+        let headers = to_nats_headers(std::mem::take(&mut msg.headers), sender)?;
         Ok((headers, size))
+    }
+
+    /// Publishes `msg`, stamped by `sender` when given. The checks run before the future
+    /// is made, which holds only the client's publish: it is boxed for every message (the
+    /// transport is a trait object), and a larger one costs a larger copy and allocation.
+    fn send(
+        &self,
+        mut msg: BusMessage,
+        sender: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<(), BusError>> + Send + '_ {
+        let headers = match self.check(&mut msg, sender) {
+            Ok((headers, _)) => headers,
+            Err(e) => return Either::Left(std::future::ready(Err(e))),
+        };
+        let BusMessage {
+            subject,
+            reply_to,
+            payload,
+            ..
+        } = msg;
+        // One future for either kind of publish, bounded by the send timeout: the client's
+        // queue almost always has room, so the first poll finishes it and no timer is made.
+        let send = match reply_to {
+            Some(reply) => Either::Left(
+                self.client
+                    .publish_with_reply_and_headers(subject, reply, headers, payload),
+            ),
+            None => Either::Right(self.client.publish_with_headers(subject, headers, payload)),
+        };
+        Either::Right(
+            within(self.shared.send_timeout, send).map(|sent| match sent {
+                Some(Ok(())) => Ok(()),
+                Some(Err(e)) => Err(BusError::Unavailable(format!(
+                    "publish to NATS at {} failed: {e}",
+                    self.shared.url
+                ))),
+                None => Err(self.unreachable("publish")),
+            }),
+        )
+    }
+
+    /// Sends `msg` as a request, stamped by `sender` when given, and waits for the reply.
+    async fn ask(
+        &self,
+        mut msg: BusMessage,
+        sender: Option<&str>,
+        timeout: Duration,
+    ) -> Result<BusMessage, BusError> {
+        let (headers, size) = self.check(&mut msg, sender)?;
+        let subject = msg.subject;
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .payload(msg.payload)
+            .timeout(Some(timeout));
+        // The client's own timeout does not cover queueing the request while disconnected.
+        let sent = self.client.send_request(subject.clone(), request);
+        match tokio::time::timeout(timeout + Duration::from_millis(50), sent).await {
+            Ok(Ok(reply)) => Ok(from_nats(reply)),
+            Ok(Err(e)) => Err(match e.kind() {
+                RequestErrorKind::TimedOut => BusError::Timeout,
+                RequestErrorKind::NoResponders => BusError::NoResponders(subject),
+                RequestErrorKind::InvalidSubject => {
+                    BusError::InvalidSubject(format!("NATS refused the subject '{subject}': {e}"))
+                }
+                RequestErrorKind::MaxPayloadExceeded => BusError::TooLarge {
+                    size,
+                    max: self.client.max_payload(),
+                },
+                RequestErrorKind::Other => BusError::Unavailable(format!(
+                    "request to '{subject}' on NATS at {} failed: {e}",
+                    self.shared.url
+                )),
+            }),
+            Err(_) => Err(BusError::Timeout),
+        }
     }
 
     async fn confirm(&self, what: &str) {
@@ -179,20 +261,6 @@ impl NatsBus {
             what,
         )
         .await;
-    }
-
-    /// Runs `send` bounded by the send timeout. The client's queue almost always has room,
-    /// so the first poll usually finishes it and no timer is armed (a timer per publish was a
-    /// measurable share of the request path).
-    async fn within_send_timeout<F: std::future::Future>(
-        &self,
-        send: F,
-    ) -> Result<F::Output, tokio::time::error::Elapsed> {
-        let mut send = std::pin::pin!(send);
-        if let Some(done) = futures::FutureExt::now_or_never(&mut send) {
-            return Ok(done);
-        }
-        tokio::time::timeout(self.shared.send_timeout, send).await
     }
 
     fn unreachable(&self, what: &str) -> BusError {
@@ -234,34 +302,14 @@ impl Shared {
 
 #[async_trait::async_trait]
 impl Transport for NatsBus {
-    async fn publish(&self, mut msg: BusMessage) -> Result<(), BusError> {
-        let (headers, _) = self.check(&mut msg)?;
-        let BusMessage {
-            subject,
-            reply_to,
-            payload,
-            ..
-        } = msg;
-        let sent = match reply_to {
-            Some(reply) => {
-                let send = self
-                    .client
-                    .publish_with_reply_and_headers(subject, reply, headers, payload);
-                self.within_send_timeout(send).await
-            }
-            None => {
-                let send = self.client.publish_with_headers(subject, headers, payload);
-                self.within_send_timeout(send).await
-            }
-        };
-        match sent {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(BusError::Unavailable(format!(
-                "publish to NATS at {} failed: {e}",
-                self.shared.url
-            ))),
-            Err(_) => Err(self.unreachable("publish")),
-        }
+    async fn publish(&self, msg: BusMessage) -> Result<(), BusError> {
+        self.send(msg, None).await
+    }
+
+    /// The stamp goes straight into the client's header map under a name made once, not
+    /// as a header in the list whose name is copied, checked and converted on every reply.
+    async fn publish_stamped(&self, msg: BusMessage, sender: &str) -> Result<(), BusError> {
+        self.send(msg, Some(sender)).await
     }
 
     async fn subscribe(&self, pattern: &str, capacity: usize) -> Result<Subscription, BusError> {
@@ -316,38 +364,17 @@ impl Transport for NatsBus {
         Ok(Subscription::from_nats_subscriber(pattern, incoming))
     }
 
-    async fn request(
+    async fn request(&self, msg: BusMessage, timeout: Duration) -> Result<BusMessage, BusError> {
+        self.ask(msg, None, timeout).await
+    }
+
+    async fn request_stamped(
         &self,
-        mut msg: BusMessage,
+        msg: BusMessage,
+        sender: &str,
         timeout: Duration,
     ) -> Result<BusMessage, BusError> {
-        let (headers, size) = self.check(&mut msg)?;
-        let subject = msg.subject;
-        let request = async_nats::Request::new()
-            .headers(headers)
-            .payload(msg.payload)
-            .timeout(Some(timeout));
-        // The client's own timeout does not cover queueing the request while disconnected.
-        let sent = self.client.send_request(subject.clone(), request);
-        match tokio::time::timeout(timeout + Duration::from_millis(50), sent).await {
-            Ok(Ok(reply)) => Ok(from_nats(reply)),
-            Ok(Err(e)) => Err(match e.kind() {
-                RequestErrorKind::TimedOut => BusError::Timeout,
-                RequestErrorKind::NoResponders => BusError::NoResponders(subject),
-                RequestErrorKind::InvalidSubject => {
-                    BusError::InvalidSubject(format!("NATS refused the subject '{subject}': {e}"))
-                }
-                RequestErrorKind::MaxPayloadExceeded => BusError::TooLarge {
-                    size,
-                    max: self.client.max_payload(),
-                },
-                RequestErrorKind::Other => BusError::Unavailable(format!(
-                    "request to '{subject}' on NATS at {} failed: {e}",
-                    self.shared.url
-                )),
-            }),
-            Err(_) => Err(BusError::Timeout),
-        }
+        self.ask(msg, Some(sender), timeout).await
     }
 
     fn dropped(&self) -> u64 {

@@ -145,9 +145,10 @@ impl MessagingCtx {
         }
     }
 
-    /// A bus message from this agent: the sender header is always the host's.
+    /// A bus message from this agent, without the sender stamp: the transport adds it
+    /// ([`Transport::publish_stamped`]), and a sender header the agent set is dropped.
     fn outgoing(&self, subject: String, headers: Vec<Header>, payload: Vec<u8>) -> BusMessage {
-        let mut out: Vec<(String, String)> = Vec::with_capacity(headers.len() + 1);
+        let mut out: Vec<(String, String)> = Vec::with_capacity(headers.len());
         for h in headers {
             if !h.key.eq_ignore_ascii_case(subjects::SENDER_HEADER) {
                 out.push((h.key, h.value));
@@ -165,10 +166,6 @@ impl MessagingCtx {
                 );
             }
         }
-        out.push((
-            subjects::SENDER_HEADER.to_string(),
-            self.identity.agent_ref.clone(),
-        ));
         BusMessage {
             subject,
             reply_to: None,
@@ -177,16 +174,23 @@ impl MessagingCtx {
         }
     }
 
+    /// Publishes as this agent. `reply_to` is the reply subject of the message being
+    /// handled: when that is where this goes, the error text takes the subject from it
+    /// rather than from a copy made for every reply in case it fails.
     async fn publish_stamped(
         &self,
         subject: String,
         headers: Vec<Header>,
         payload: Vec<u8>,
+        reply_to: Option<&str>,
     ) -> Result<(), WitError> {
+        let copy = (reply_to != Some(subject.as_str())).then(|| subject.clone());
         let msg = self.outgoing(subject, headers, payload);
-        let subject = msg.subject.clone();
-        match super::within(self.max_timeout, self.bus.publish(msg)).await {
-            Some(r) => r.map_err(|e| bus_error(e, &subject)),
+        let sent = self.bus.publish_stamped(msg, &self.identity.agent_ref);
+        let result = super::within(self.max_timeout, sent).await;
+        let subject = copy.as_deref().or(reply_to).unwrap_or_default();
+        match result {
+            Some(r) => r.map_err(|e| bus_error(e, subject)),
             None => Err(super::timed_out(
                 &self.identity.name,
                 &format!("a publish to '{subject}' ([defaults] host_call_timeout_ms)"),
@@ -209,7 +213,10 @@ impl MessagingCtx {
         // (≥ 100 ms) the host-call watch allows past host_call_timeout_ms, which caps
         // `timeout`, so the agent gets `timeout` before its instance would be abandoned.
         let hung = timeout + Duration::from_millis(50);
-        match super::within(hung, self.bus.request(msg, timeout)).await {
+        let sent = self
+            .bus
+            .request_stamped(msg, &self.identity.agent_ref, timeout);
+        match super::within(hung, sent).await {
             Some(Ok(reply)) => Ok(to_wit_message(reply, None)),
             Some(Err(e)) => Err(bus_error(e, &subject)),
             None => Err(super::timed_out(
@@ -244,34 +251,79 @@ pub fn bus_error(e: BusError, subject: &str) -> WitError {
 /// A unique id for a message that came without `Nats-Msg-Id`: a per-process UUID v7 (so
 /// ids differ across restarts and nodes) and a counter, without a syscall per message.
 pub fn host_message_id() -> String {
+    let mut id = String::new();
+    write_host_message_id(&mut id);
+    id
+}
+
+/// [`host_message_id`] written into `id` (replacing what it held), reusing its buffer.
+fn write_host_message_id(id: &mut String) {
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let prefix = PREFIX.get_or_init(|| format!("{}-", uuid::Uuid::now_v7().simple()));
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // Not `format!`: its machinery was a visible share of the message path.
     let mut digits = itoa::Buffer::new();
-    let digits = digits.format(n);
-    let mut id = String::with_capacity(prefix.len() + digits.len());
+    id.clear();
     id.push_str(prefix);
-    id.push_str(digits);
-    id
+    id.push_str(digits.format(n));
 }
+
+/// Payloads up to this size are copied into the buffer a runner reuses for every message
+/// ([`fill_wit_message`]); a larger one gets its own, so one big message does not keep its
+/// size allocated for the agent's lifetime.
+const REUSED_PAYLOAD_MAX: usize = 64 * 1024;
 
 /// Converts a bus message for the guest; `id` is the `Nats-Msg-Id` header when present.
 pub fn to_wit_message(msg: BusMessage, id: Option<String>) -> Message {
-    let id = id
-        .or_else(|| msg.header(subjects::MSG_ID_HEADER).map(str::to_string))
-        .unwrap_or_else(host_message_id);
+    let mut out = empty_wit_message();
+    if let Some(id) = id {
+        out.id = id;
+        fill_wit_message_with_id(&mut out, msg);
+    } else {
+        fill_wit_message(&mut out, msg);
+    }
+    out
+}
+
+/// A message with nothing in it, whose buffers [`fill_wit_message`] fills.
+pub fn empty_wit_message() -> Message {
     Message {
-        id,
-        subject: msg.subject,
-        reply_to: msg.reply_to,
-        headers: msg
-            .headers
+        id: String::new(),
+        subject: String::new(),
+        reply_to: None,
+        headers: Vec::new(),
+        payload: Vec::new(),
+    }
+}
+
+/// [`to_wit_message`] into `dst`, reusing its id, header list and payload buffers: a
+/// runner keeps one message for all it hands to `handle`, which spares two allocations
+/// (the id and the payload's copy) per message.
+pub fn fill_wit_message(dst: &mut Message, msg: BusMessage) {
+    dst.id.clear();
+    match msg.header(subjects::MSG_ID_HEADER) {
+        Some(id) => dst.id.push_str(id),
+        None => write_host_message_id(&mut dst.id),
+    }
+    fill_wit_message_with_id(dst, msg);
+}
+
+/// Everything of [`fill_wit_message`] but the id.
+fn fill_wit_message_with_id(dst: &mut Message, msg: BusMessage) {
+    dst.subject = msg.subject;
+    dst.reply_to = msg.reply_to;
+    dst.headers.clear();
+    dst.headers.extend(
+        msg.headers
             .into_iter()
-            .map(|(key, value)| Header { key, value })
-            .collect(),
-        payload: msg.payload.to_vec(),
+            .map(|(key, value)| Header { key, value }),
+    );
+    if msg.payload.len() > REUSED_PAYLOAD_MAX || dst.payload.capacity() > REUSED_PAYLOAD_MAX {
+        dst.payload = msg.payload.to_vec();
+    } else {
+        dst.payload.clear();
+        dst.payload.extend_from_slice(&msg.payload);
     }
 }
 
@@ -332,7 +384,10 @@ impl messaging::Host for MessagingView<'_> {
         {
             return Ok(Err(e));
         }
-        Ok(ctx.publish_stamped(subject, headers, payload).await)
+        let reply_to = self.turn.reply_to();
+        Ok(ctx
+            .publish_stamped(subject, headers, payload, reply_to)
+            .await)
     }
 
     async fn send(
@@ -351,7 +406,7 @@ impl messaging::Host for MessagingView<'_> {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(ctx.publish_stamped(subject, headers, payload).await)
+        Ok(ctx.publish_stamped(subject, headers, payload, None).await)
     }
 
     async fn request(
@@ -414,7 +469,51 @@ impl messaging::Host for MessagingView<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::host_message_id;
+    use super::*;
+
+    /// The runner hands every message to `handle` in one reused message: nothing of the
+    /// one before (its headers, reply subject, id or a longer payload) may show through.
+    #[test]
+    fn a_reused_message_holds_exactly_the_next_message() {
+        let mut reused = empty_wit_message();
+        let first = BusMessage {
+            subject: "agent.to.a.first".into(),
+            reply_to: Some("_INBOX.1".into()),
+            headers: vec![
+                ("Nats-Msg-Id".into(), "m-1".into()),
+                ("X-Tag".into(), "a".into()),
+            ],
+            payload: Bytes::from(vec![7u8; 100_000]),
+        };
+        fill_wit_message(&mut reused, first);
+        assert_eq!(reused.id, "m-1", "the sender's Nats-Msg-Id is the id");
+        assert_eq!(reused.payload.len(), 100_000);
+        assert_eq!(reused.headers.len(), 2);
+
+        fill_wit_message(&mut reused, BusMessage::new("agent.to.a.second", "hi"));
+        let expected = Message {
+            id: reused.id.clone(),
+            subject: "agent.to.a.second".into(),
+            reply_to: None,
+            headers: Vec::new(),
+            payload: b"hi".to_vec(),
+        };
+        assert_eq!(format!("{reused:?}"), format!("{expected:?}"));
+        assert_ne!(
+            reused.id, "m-1",
+            "a message without Nats-Msg-Id gets the host's id"
+        );
+        assert!(
+            reused.payload.capacity() <= REUSED_PAYLOAD_MAX,
+            "a large payload's buffer is not kept for the next messages"
+        );
+
+        fill_wit_message(&mut reused, BusMessage::new("agent.to.a.third", "x"));
+        assert_eq!(reused.payload, b"x");
+        assert!(reused
+            .id
+            .starts_with(host_message_id().split('-').next().unwrap()));
+    }
 
     #[test]
     fn host_message_ids_are_the_process_prefix_and_a_rising_counter() {

@@ -8,8 +8,6 @@ pub mod messaging;
 pub mod rate;
 pub mod runtime;
 
-use std::future::Future;
-
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::agent::AgentStore;
@@ -43,19 +41,7 @@ pub(crate) fn deny(
     WitError::Denied(why)
 }
 
-/// Runs a backend call bounded by `limit`; `None` when it did not finish in time. The call
-/// is polled once before any timer is armed: most calls (a publish into the client's queue,
-/// an in-memory KV commit) finish at once, and a timer per message showed in profiles.
-pub(crate) async fn within<T>(
-    limit: std::time::Duration,
-    call: impl Future<Output = T>,
-) -> Option<T> {
-    let mut call = std::pin::pin!(call);
-    if let std::task::Poll::Ready(done) = futures::poll!(call.as_mut()) {
-        return Some(done);
-    }
-    tokio::time::timeout(limit, call).await.ok()
-}
+pub(crate) use crate::bounded::within;
 
 /// A backend call that did not answer within `limit`: logged; the agent gets `timeout`,
 /// which it can handle.

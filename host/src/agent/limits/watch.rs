@@ -85,9 +85,12 @@ impl HostCallWatch {
         })
     }
 
-    /// When the current (or last) export call began.
-    pub fn call_started(&self) -> Instant {
-        origin() + Duration::from_nanos(self.started.load(Ordering::Relaxed))
+    /// Wall time since the current (or last) export call began: one clock read, in the
+    /// watch's own units rather than through an `Instant` rebuilt from them.
+    pub fn since_call_start(&self) -> Duration {
+        Duration::from_nanos(
+            since_origin(Instant::now()).saturating_sub(self.started.load(Ordering::Relaxed)),
+        )
     }
 
     /// Runs an export call, abandoning it (an error, as if it trapped) when it waits longer
