@@ -316,6 +316,7 @@ async fn a_message_published_twice_with_one_id_is_handled_once() {
         "2",
         "one dual-published message + this one"
     );
+    t.handled_at_least("probe", 2).await;
     assert_eq!(t.node.status("probe").await.unwrap().handled, 2);
     t.stop().await;
 }

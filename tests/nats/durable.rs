@@ -63,18 +63,6 @@ async fn publish_plain(client: &async_nats::Client, name: &str, n: usize) {
     client.flush().await.unwrap();
 }
 
-/// Waits (up to 20 s) until agent `name` has handled `n` messages.
-pub async fn handled_at_least(t: &TestNode, name: &str, n: u64) {
-    let wait = async {
-        while t.node.status(name).await.unwrap().handled < n {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), wait)
-        .await
-        .unwrap_or_else(|_| panic!("{name} handled {n} messages within 20 s"));
-}
-
 /// Agent `name`'s durable pairing counters: stream copies whose core copy came while they
 /// were held for it, and those handled without one after the whole wait.
 pub fn pairing_counts(t: &TestNode, name: &str) -> (u64, u64) {
@@ -246,7 +234,7 @@ async fn upgrading_a_durable_agent_mid_stream_loses_and_repeats_nothing() {
             round_trip(&client).await;
         })
     };
-    handled_at_least(&t, "counter", 50).await;
+    t.handled_at_least("counter", 50).await;
     let report = t
         .node
         .upgrade("counter", &plugin("counter_v2"))
@@ -310,6 +298,7 @@ async fn concurrent_requests_to_a_durable_agent_each_get_their_own_reply() {
     {
         assert_eq!(reply, payload);
     }
+    t.handled_at_least("echo", 100).await;
     assert_eq!(t.node.status("echo").await.unwrap().handled, 100);
     t.stop().await;
 }
@@ -417,7 +406,7 @@ async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_w
                 panic!("{name}: answered without a wait; this test no longer shows the race")
             }
         }
-        handled_at_least(&t, name, 1).await;
+        t.handled_at_least(name, 1).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
             t.node.status(name).await.unwrap().handled,
@@ -434,7 +423,7 @@ async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_w
         // two pull batches of the 6 s wait.
         let started = std::time::Instant::now();
         publish_plain(&client, name, 100).await;
-        handled_at_least(&t, name, 101).await;
+        t.handled_at_least(name, 101).await;
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{name}: a burst of 100 plain publishes took {:?}",
@@ -466,7 +455,7 @@ async fn a_backlog_older_than_the_pairing_wait_is_not_held() {
     tokio::time::sleep(wait + Duration::from_millis(500)).await;
     let started = std::time::Instant::now();
     t.load("echo", name, &manifest).await;
-    handled_at_least(&t, name, 20).await;
+    t.handled_at_least(name, 20).await;
     assert!(
         started.elapsed() < wait - Duration::from_millis(500),
         "the old backlog was held for its core copies: {:?}",
@@ -491,7 +480,7 @@ async fn fresh_copies_whose_core_copy_never_comes_are_handled_after_the_wait_and
     let started = std::time::Instant::now();
     let stored = ["a", "b"].map(|payload| (payload.to_string(), None));
     store_while_unloaded(&t, &client, name, &manifest, stored).await;
-    handled_at_least(&t, name, 2).await;
+    t.handled_at_least(name, 2).await;
     assert!(
         started.elapsed() >= wait - Duration::from_millis(100),
         "handled before the wait was up: {:?}",
@@ -526,7 +515,7 @@ async fn messages_held_for_their_request_are_handed_back_when_the_agent_stops() 
 
     let started = std::time::Instant::now();
     t.load("echo", name, &manifest).await;
-    handled_at_least(&t, name, 5).await;
+    t.handled_at_least(name, 5).await;
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "came back after ack_wait, not at once: {:?}",
@@ -547,6 +536,7 @@ async fn a_request_is_answered_by_its_redelivery_when_the_first_handle_failed() 
         .await;
     let client = async_nats::connect(server.url()).await.unwrap();
     assert_eq!(ask(&client, "agent.to.probe.cmd", "flaky").await, "steady");
+    t.handled_at_least("probe", 1).await;
     let status = t.node.status("probe").await.unwrap();
     assert_eq!((status.errors, status.handled), (1, 1), "{status:?}");
     t.stop().await;

@@ -108,6 +108,20 @@ impl TestNode {
         self.node.load(req).await
     }
 
+    /// Waits (up to 20 s) until agent `name` has handled `n` messages. An agent's reply
+    /// leaves while `handle` runs and the message is counted when `handle` returns, so a
+    /// requester holding the reply may see the count one short for a moment.
+    pub async fn handled_at_least(&self, name: &str, n: u64) {
+        let wait = async {
+            while self.node.status(name).await.unwrap().handled < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .unwrap_or_else(|_| panic!("{name} handled {n} messages within 20 s"));
+    }
+
     /// Sends `payload` to `subject` and returns the reply payload as text.
     pub async fn ask(&self, subject: &str, payload: &str) -> String {
         let reply = self
