@@ -345,6 +345,18 @@ impl Runner {
     /// without a canary), handing the state over first when the other version served last,
     /// and counts what happened in that version's window.
     pub(super) async fn deliver_routed(&mut self, msg: BusMessage) -> Outcome {
+        if self.canary.is_none() {
+            return self.deliver(msg).await;
+        }
+        // A future is as large as its largest path, and the canary's (hand-offs, rollback,
+        // window accounting) is several times a plain delivery: boxed, so that the runner's
+        // future, and every message it delivers outside a canary, does not carry its size.
+        let in_canary = Box::pin(self.deliver_in_canary(msg));
+        in_canary.await
+    }
+
+    /// [`Self::deliver_routed`] while a canary runs.
+    async fn deliver_in_canary(&mut self, msg: BusMessage) -> Outcome {
         let Some(canary) = self.canary.as_ref() else {
             return self.deliver(msg).await;
         };

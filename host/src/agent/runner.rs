@@ -298,15 +298,23 @@ impl Runner {
                     c = control.recv() => {
                         match c {
                             Some(Control::Stop(done)) => {
+                                // Boxed, each in a statement of its own so that its
+                                // future is not kept in the runner's: both are rare, and
+                                // every agent's task would carry their size otherwise.
                                 if let Some(durable) = inbox.durable.take() {
-                                    durable.close().await;
+                                    let closed = Box::pin(durable.close());
+                                    closed.await;
                                 }
-                                self.final_snapshot().await;
+                                let snapshot = Box::pin(self.final_snapshot());
+                                snapshot.await;
                                 self.parts.status.set_state(AgentState::Stopped);
                                 let _ = done.send(());
                             }
                             Some(request) => {
-                                self.control(request).await;
+                                // Boxed: a swap or canary start is the largest future the
+                                // runner awaits, and rare; the message path should not carry it.
+                                let control = Box::pin(self.control(request));
+                                control.await;
                                 continue;
                             }
                             None => self.parts.status.set_state(AgentState::Stopped),
@@ -314,7 +322,8 @@ impl Runner {
                         return;
                     }
                     _ = sleep_until(wake_at) => {
-                        self.on_deadline().await;
+                        let deadline = Box::pin(self.on_deadline());
+                        deadline.await;
                         continue;
                     }
                     Some(m) = next_from(&mut inbox.legacy) => (m, Via::Legacy),
@@ -322,7 +331,11 @@ impl Runner {
                     Some(m) = next_from(&mut inbox.broadcast) => (m, Via::Broadcast),
                     Some(d) = next_durable(&mut inbox.durable) => {
                         let durable = inbox.durable.as_mut().expect("a durable message comes from the durable inbox");
-                        if !self.deliver_durable(durable, d).await {
+                        // Boxed: its acknowledgements make it the runner's largest
+                        // future, which every agent's task would carry otherwise (a durable
+                        // message costs a JetStream ack anyway, far more than the box).
+                        let delivered = Box::pin(self.deliver_durable(durable, d));
+                        if !delivered.await {
                             return;
                         }
                         continue;

@@ -55,7 +55,11 @@ impl Runner {
                     traps += 1;
                     tracing::error!(agent = %self.parts.identity.name, message = %wit_msg.id, attempt = traps, "trapped: {text}");
                     self.parts.status.set_error(format!("trap: {text}"));
-                    if !self.restart().await {
+                    // Boxed, in a statement of its own so that its future is not kept in
+                    // this one's: re-instantiating is the largest future of a delivery, and
+                    // every message would carry (and copy) its size for the rare trap.
+                    let restarted = Box::pin(self.restart());
+                    if !restarted.await {
                         return Outcome::AgentFailed;
                     }
                     if traps >= self.parts.max_traps_per_message {
@@ -68,7 +72,9 @@ impl Runner {
         };
         self.since_snapshot += 1;
         if self.parts.snapshot_every > 0 && self.since_snapshot >= self.parts.snapshot_every {
-            if let Some(encoded) = self.take_snapshot().await {
+            // Boxed like the restart above: a snapshot may restart the instance too.
+            let snapshot = Box::pin(self.take_snapshot());
+            if let Some(encoded) = snapshot.await {
                 if let Some(writer) = &self.writer {
                     writer.submit(encoded);
                 }
