@@ -220,7 +220,7 @@ pub(super) struct Runner {
     pub(super) canary: Option<Box<Canary>>,
     /// The message handed to `handle`, kept between messages so its buffers are reused
     /// (see [`crate::capabilities::messaging::fill_wit_message`]).
-    pub(super) wit_message: Option<crate::bindings::Message>,
+    pub(super) wit_message: crate::bindings::Message,
 }
 
 impl Runner {
@@ -245,7 +245,7 @@ impl Runner {
             previous: None,
             rollback_window,
             canary: None,
-            wit_message: None,
+            wit_message: crate::capabilities::messaging::empty_wit_message(),
         };
         let mut live = runner.fresh_instance().await?;
         live.begin_turn(None, Duration::from_secs(1));

@@ -37,10 +37,10 @@ pub(super) enum Outcome {
 impl Runner {
     /// Hands one message to `handle`, retrying after traps.
     pub(super) async fn deliver(&mut self, msg: BusMessage) -> Outcome {
-        let mut wit_msg = self.wit_message.take().unwrap_or_else(empty_wit_message);
+        let mut wit_msg = std::mem::replace(&mut self.wit_message, empty_wit_message());
         fill_wit_message(&mut wit_msg, msg);
         let outcome = self.deliver_wit(&wit_msg).await;
-        self.wit_message = Some(wit_msg);
+        self.wit_message = wit_msg;
         outcome
     }
 

@@ -155,7 +155,7 @@ pub trait Transport: Send + Sync + 'static {
 
 /// Appends the sender stamp to `msg`'s headers: what [`Transport::publish_stamped`] does on a
 /// transport that keeps headers as a list.
-pub fn stamp(msg: &mut BusMessage, sender: &str) {
+fn stamp(msg: &mut BusMessage, sender: &str) {
     msg.headers.push((
         crate::subjects::SENDER_HEADER.to_string(),
         sender.to_string(),

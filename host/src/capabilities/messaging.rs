@@ -217,7 +217,7 @@ impl MessagingCtx {
             .bus
             .request_stamped(msg, &self.identity.agent_ref, timeout);
         match super::within(hung, sent).await {
-            Some(Ok(reply)) => Ok(to_wit_message(reply, None)),
+            Some(Ok(reply)) => Ok(to_wit_message(reply)),
             Some(Err(e)) => Err(bus_error(e, &subject)),
             None => Err(super::timed_out(
                 &self.identity.name,
@@ -256,7 +256,7 @@ pub fn host_message_id() -> String {
     id
 }
 
-/// [`host_message_id`] written into `id` (replacing what it held), reusing its buffer.
+/// [`host_message_id`] appended to `id`.
 fn write_host_message_id(id: &mut String) {
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -264,7 +264,6 @@ fn write_host_message_id(id: &mut String) {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // Not `format!`: its machinery was a visible share of the message path.
     let mut digits = itoa::Buffer::new();
-    id.clear();
     id.push_str(prefix);
     id.push_str(digits.format(n));
 }
@@ -274,15 +273,10 @@ fn write_host_message_id(id: &mut String) {
 /// size allocated for the agent's lifetime.
 const REUSED_PAYLOAD_MAX: usize = 64 * 1024;
 
-/// Converts a bus message for the guest; `id` is the `Nats-Msg-Id` header when present.
-pub fn to_wit_message(msg: BusMessage, id: Option<String>) -> Message {
+/// Converts a bus message for the guest; its id is the `Nats-Msg-Id` header when present.
+pub fn to_wit_message(msg: BusMessage) -> Message {
     let mut out = empty_wit_message();
-    if let Some(id) = id {
-        out.id = id;
-        fill_wit_message_with_id(&mut out, msg);
-    } else {
-        fill_wit_message(&mut out, msg);
-    }
+    fill_wit_message(&mut out, msg);
     out
 }
 
@@ -306,11 +300,6 @@ pub fn fill_wit_message(dst: &mut Message, msg: BusMessage) {
         Some(id) => dst.id.push_str(id),
         None => write_host_message_id(&mut dst.id),
     }
-    fill_wit_message_with_id(dst, msg);
-}
-
-/// Everything of [`fill_wit_message`] but the id.
-fn fill_wit_message_with_id(dst: &mut Message, msg: BusMessage) {
     dst.subject = msg.subject;
     dst.reply_to = msg.reply_to;
     dst.headers.clear();
