@@ -282,7 +282,10 @@ mod tests {
     }
 
     /// A call whose thread is off the CPU before the budget is first checked (preempted, or
-    /// its virtual CPU stolen) is not charged that time: it has not used it.
+    /// its virtual CPU stolen) is not charged that time: it has not used it. After the first
+    /// check the thread's CPU clock is read, which a sleep does not advance; a hypervisor
+    /// that steals the virtual CPU while the thread is on it does advance it (CI failed once
+    /// on 10 ms of such time), so the bound there is far below the wall time, not zero.
     #[tokio::test]
     async fn time_off_the_cpu_before_the_first_check_is_not_charged() {
         let watch = HostCallWatch::new(Duration::from_secs(5), TICK);
@@ -297,7 +300,7 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            charged.0 <= TICK * 2 && charged.1 < TICK * 3,
+            charged.0 <= TICK * 2 && charged.1 < TICK * 2 + Duration::from_millis(150),
             "charged {charged:?} for 600 ms off the CPU (the budget's checks every {TICK:?})"
         );
     }
