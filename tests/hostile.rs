@@ -39,7 +39,7 @@ const ATTACK: &str = "agent.to.hostile.attack";
 static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// A node running `hostile` (with `manifest`) and `echo`. A trapping message is
-/// dead-lettered at once, and a host call may block for 0.3 s (+ margin).
+/// dead-lettered at once, and a host call may block for 0.3 s (+ the watch's 1 s margin).
 async fn node_with(manifest: &str, max_traps_per_message: u32) -> (TestNode, AgentSummary) {
     let t = TestNode::start_with(|c| {
         c.node.max_traps_per_message = max_traps_per_message;
@@ -110,7 +110,7 @@ async fn attacks_that_kill_the_instance_are_stopped_restarted_and_reported() {
         ),
         (
             "sleep 60000",
-            "blocked in one host call for more than 0.4",
+            "blocked in one host call for more than 1.3",
             Some("host_call"),
         ),
     ];
@@ -118,7 +118,7 @@ async fn attacks_that_kill_the_instance_are_stopped_restarted_and_reported() {
         let started = Instant::now();
         fatal(&t, attack).await;
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(4),
             "{attack}: stopped quickly"
         );
 

@@ -333,9 +333,16 @@ async fn the_old_version_is_retired_when_the_rollback_window_closes() {
             .as_deref(),
         Some("0.1.0")
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let status = t.node.status("counter").await.unwrap();
-    assert_eq!(status.previous_version, None);
+    // The window is 1 s; a loaded machine may close it a little late, never early.
+    let mut status = t.node.status("counter").await.unwrap();
+    for _ in 0..100 {
+        if status.previous_version.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = t.node.status("counter").await.unwrap();
+    }
+    assert_eq!(status.previous_version, None, "closed within 10 s");
     assert!(
         status
             .events

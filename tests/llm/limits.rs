@@ -101,7 +101,9 @@ async fn a_flooding_agent_does_not_starve_a_light_one() {
 #[tokio::test]
 async fn a_full_queue_answers_unavailable_at_once_and_says_which_limit() {
     let fake = FakeOllama::start().await;
-    fake.set(|s| s.delay = Duration::from_millis(300));
+    // Long enough that all four calls, 20 ms apart, reach the limiter while the first is
+    // in flight, even on a machine that stalls for a second.
+    fake.set(|s| s.delay = Duration::from_millis(1_500));
     let t = node(&fake.url, |l| {
         l.num_parallel = 1;
         l.queue_capacity = 1;
@@ -190,7 +192,9 @@ async fn the_breaker_opens_refuses_in_microseconds_probes_after_the_cool_down_an
     let t = node(&fake.url, |l| {
         l.retries = 0;
         l.breaker_failures = 3;
-        l.breaker_cooldown_ms = 300;
+        // Long enough that a stalled machine does not end it while the open breaker is
+        // being tested.
+        l.breaker_cooldown_ms = 2_000;
     })
     .await;
     load_probe(&t, "probe", "").await;
@@ -237,14 +241,14 @@ async fn the_breaker_opens_refuses_in_microseconds_probes_after_the_cool_down_an
     assert_eq!(fake.requests(), sent);
 
     // After the cool-down one probe goes through; it fails, the breaker opens again.
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
     assert!(chat(&t, "probe", MODEL, "hi").await.contains("is busy"));
     assert_eq!(fake.requests(), sent + 1);
     assert_eq!(breaker.state(), BreakerState::Open);
 
     // The backend recovers: the next probe succeeds and closes the breaker.
     fake.set(|s| s.busy = 0);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
     assert_eq!(chat(&t, "probe", MODEL, "back").await, "back");
     assert_eq!(breaker.state(), BreakerState::Closed);
     assert_eq!(chat(&t, "probe", MODEL, "again").await, "again");

@@ -173,10 +173,12 @@ async fn progress_acks_keep_a_handle_longer_than_ack_wait_from_being_redelivered
         return;
     };
     let fake = FakeOllama::start().await;
-    fake.set(|s| s.delay = Duration::from_millis(2500));
+    // A handle over twice ack_wait; progress acks every third of it leave a stalled machine
+    // about a second before the server would redeliver.
+    fake.set(|s| s.delay = Duration::from_millis(4_000));
     let url = fake.url.clone();
     let t = durable_node(&server, move |c| {
-        c.nats.ack_wait_ms = 600;
+        c.nats.ack_wait_ms = 1_500;
         c.llm.ollama_url = url;
     })
     .await;
@@ -200,7 +202,7 @@ async fn progress_acks_keep_a_handle_longer_than_ack_wait_from_being_redelivered
     let info = consumer.info().await.unwrap();
     assert_eq!(
         info.num_redelivered, 0,
-        "a 2.5 s handle with ack_wait 0.6 s was not redelivered"
+        "a 4 s handle with ack_wait 1.5 s was not redelivered"
     );
     assert_eq!(info.num_ack_pending, 0, "and it was acked");
     assert_eq!(fake.requests(), 1, "the LLM was called once");
@@ -382,7 +384,13 @@ async fn a_request_whose_stream_copy_came_first_is_answered_within_the_pairing_w
         let msg_id = format!("pairing-{name}");
         let stored = [("first".to_string(), Some(msg_id.clone()))];
         store_while_unloaded(&t, &client, name, &manifest, stored).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        if answered {
+            // Time for the stream copy to be read and held for its core copy.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        } else {
+            // Without a wait the stream copy is handled at once: the request must come after.
+            t.handled_at_least(name, 1).await;
+        }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id.as_str());
         let reply = client

@@ -210,7 +210,7 @@ impl MessagingCtx {
         let msg = self.outgoing(subject.clone(), headers, payload);
         // The transport times requests out itself (its error becomes `timeout`); the outer
         // bound, 50 ms later, holds only if the transport hangs. It stays inside the margin
-        // (≥ 100 ms) the host-call watch allows past host_call_timeout_ms, which caps
+        // (≥ 1 s) the host-call watch allows past host_call_timeout_ms, which caps
         // `timeout`, so the agent gets `timeout` before its instance would be abandoned.
         let hung = timeout + Duration::from_millis(50);
         let sent = self

@@ -31,11 +31,14 @@ impl Node {
             .cpu_ms_per_message
             .unwrap_or(d.cpu_ms_per_message);
         // The capability modules time out their own calls at these bounds; the margin lets
-        // them answer `timeout` before the instance is abandoned for being blocked.
+        // them answer `timeout` before the instance is abandoned for being blocked. It is at
+        // least a second because a busy or hypervisor-stalled runtime can poll the call late:
+        // with 100 ms, a stall between a 300 ms timeout and the watch trapped agents whose
+        // call had already timed out cleanly.
         let call_ms = d
             .host_call_timeout_ms
             .max(self.config.llm.timeout_ms.unwrap_or(0));
-        let host_call_limit = Duration::from_millis(call_ms + (call_ms / 4).max(100));
+        let host_call_limit = Duration::from_millis(call_ms + (call_ms / 4).max(1_000));
         Ok(InstanceLimits {
             memory_bytes: memory,
             cpu_per_message: Duration::from_millis(cpu),
