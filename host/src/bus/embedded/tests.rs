@@ -159,7 +159,8 @@ async fn request_without_subscribers_fails_at_once_with_no_responders() {
         .await
         .unwrap_err();
     assert_eq!(err, BusError::NoResponders("agent.to.nobody.x".into()));
-    assert!(started.elapsed() < Duration::from_millis(500));
+    // At once, not at the 5 s timeout (with room for a stalled machine).
+    assert!(started.elapsed() < Duration::from_millis(2_500));
     assert_eq!(bus.pending_requests(), 0);
 }
 
