@@ -309,11 +309,10 @@ async fn a_conversation_stays_on_one_version_and_the_share_follows_its_hash() {
             t.publish(msg).await;
         }
     }
-    // Every reply green owes, then a quiet spell for any it should not have sent.
-    let owed = 3
-        * (0..40)
-            .filter(|c| share_bucket(&format!("c-{c}")) < 50)
-            .count();
+    // The conversations whose hash puts them on green (50 %), each owed 3 replies; wait for
+    // all of them, then a quiet spell for any green should not have sent.
+    let on_green = |c: u64| share_bucket(&format!("c-{c}")) < 50;
+    let owed = 3 * (0..40).filter(|&c| on_green(c)).count();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let (mut green, mut got): (HashMap<u64, u32>, usize) = (HashMap::new(), 0);
     loop {
@@ -331,11 +330,7 @@ async fn a_conversation_stays_on_one_version_and_the_share_follows_its_hash() {
         got += 1;
     }
     for c in 0..40 {
-        let expected = if share_bucket(&format!("c-{c}")) < 50 {
-            3
-        } else {
-            0
-        };
+        let expected = if on_green(c) { 3 } else { 0 };
         assert_eq!(
             green.get(&c).copied().unwrap_or(0),
             expected,

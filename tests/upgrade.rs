@@ -334,15 +334,15 @@ async fn the_old_version_is_retired_when_the_rollback_window_closes() {
         Some("0.1.0")
     );
     // The window is 1 s; a loaded machine may close it a little late, never early.
-    let mut status = t.node.status("counter").await.unwrap();
-    for _ in 0..100 {
-        if status.previous_version.is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        status = t.node.status("counter").await.unwrap();
-    }
-    assert_eq!(status.previous_version, None, "closed within 10 s");
+    let retired = async || {
+        let status = t.node.status("counter").await.unwrap();
+        status.previous_version.is_none()
+    };
+    assert!(
+        support::eventually(Duration::from_secs(10), retired).await,
+        "the old version retired within 10 s"
+    );
+    let status = t.node.status("counter").await.unwrap();
     assert!(
         status
             .events

@@ -143,7 +143,7 @@ async fn a_slow_subscriber_loses_new_messages_and_the_bus_counts_them() {
     }
     publisher.flush().await.unwrap();
     let all_counted =
-        crate::support::eventually(Duration::from_secs(5), || slow.dropped() == 96).await;
+        crate::support::eventually(Duration::from_secs(5), async || slow.dropped() == 96).await;
     assert!(all_counted, "dropped {} of 100", slow.dropped());
     assert_eq!(bus.dropped(), 96, "the bus-wide count includes them");
     let kept: Vec<String> = std::iter::from_fn(|| slow.try_next())

@@ -164,15 +164,15 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// Polls `check` every 10 ms for up to `limit`; true when it held.
-pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
-        if check() {
+        if check().await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    check()
+    check().await
 }
 
 /// The `host` binary built for these tests.

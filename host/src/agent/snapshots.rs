@@ -155,15 +155,17 @@ mod tests {
         };
         writer.submit(encode("1.0.0", b"same"));
         // The write is an fsync on a shared disk: wait for it rather than a fixed time.
-        let mut first = None;
-        for _ in 0..1_000 {
-            first = revision().await;
-            if first.is_some() {
-                break;
+        let written = async {
+            loop {
+                if let Some(revision) = revision().await {
+                    break revision;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        let first = first.expect("written once within 10 s");
+        };
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), written)
+            .await
+            .expect("written once within 10 s");
         writer.submit(encode("1.0.0", b"same"));
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert_eq!(revision().await, Some(first), "not rewritten");
