@@ -330,6 +330,28 @@ mod tests {
         assert!(check.breaches().contains("error_rate<5%: green 10.00"));
     }
 
+    /// What README promises operators: "not enough data" neither fails a check nor blocks
+    /// it, so an idle interval with only rate gates passes (and the canary moves on).
+    #[test]
+    fn a_check_with_too_little_data_for_every_gate_passes() {
+        let gates: Vec<Gate> = ["error_rate<5%", "p95<2x", "llm_failures<10%"]
+            .iter()
+            .map(|g| g.parse().unwrap())
+            .collect();
+        let mut green = Window {
+            handled: 2,
+            errors: 2,
+            ..Window::default()
+        };
+        let check = evaluate(&gates, &mut green, &mut Window::default(), 1 << 20);
+        assert!(
+            check.readings.iter().all(|r| r.passed.is_none()),
+            "{check:?}"
+        );
+        assert!(!check.failed(), "{check:?}");
+        assert_eq!(check.breaches(), "");
+    }
+
     #[test]
     fn p95_compares_green_with_blue() {
         let gates = ["p95<2x".parse().unwrap()];
