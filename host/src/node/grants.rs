@@ -13,6 +13,12 @@ use crate::capabilities::{
 use crate::manifest::Manifest;
 use crate::storage::Quota;
 
+/// The least time the host-call watch allows past a host call's own timeout before it
+/// abandons the instance. A busy or hypervisor-stalled runtime can poll a call late: with
+/// 100 ms, a stall between a 300 ms timeout and the watch trapped agents whose call had
+/// already timed out cleanly.
+const MIN_HOST_CALL_MARGIN_MS: u64 = 1_000;
+
 impl Node {
     /// The limits of one instance: the manifest's `[limits]`, else the node's `[defaults]`.
     pub(super) fn instance_limits(&self, manifest: &Manifest) -> anyhow::Result<InstanceLimits> {
@@ -31,14 +37,12 @@ impl Node {
             .cpu_ms_per_message
             .unwrap_or(d.cpu_ms_per_message);
         // The capability modules time out their own calls at these bounds; the margin lets
-        // them answer `timeout` before the instance is abandoned for being blocked. It is at
-        // least a second because a busy or hypervisor-stalled runtime can poll the call late:
-        // with 100 ms, a stall between a 300 ms timeout and the watch trapped agents whose
-        // call had already timed out cleanly.
+        // them answer `timeout` before the instance is abandoned for being blocked.
         let call_ms = d
             .host_call_timeout_ms
             .max(self.config.llm.timeout_ms.unwrap_or(0));
-        let host_call_limit = Duration::from_millis(call_ms + (call_ms / 4).max(1_000));
+        let margin_ms = (call_ms / 4).max(MIN_HOST_CALL_MARGIN_MS);
+        let host_call_limit = Duration::from_millis(call_ms + margin_ms);
         Ok(InstanceLimits {
             memory_bytes: memory,
             cpu_per_message: Duration::from_millis(cpu),
