@@ -139,10 +139,16 @@ impl NatsBus {
     }
 
     /// Successful reconnects since start (the first connect does not count).
+    ///
+    /// Read from the client's own statistics, which it counts before it flips its state to
+    /// connected: `/health` then never shows the node connected again with the reconnect not
+    /// yet counted, as it did when this came from the event callback (which runs later, on
+    /// another task, and whose events the client drops when their queue is full).
     pub fn reconnects(&self) -> u64 {
-        self.shared
+        self.client
+            .statistics()
             .connects
-            .load(Ordering::Relaxed)
+            .load(Ordering::Acquire)
             .saturating_sub(1)
     }
 
