@@ -88,13 +88,6 @@ impl Transport for HangingBus {
     async fn subscribe(&self, pattern: &str, capacity: usize) -> Result<Subscription, BusError> {
         self.0.subscribe(pattern, capacity).await
     }
-    async fn subscribe_inbox(
-        &self,
-        pattern: &str,
-        capacity: usize,
-    ) -> Result<Subscription, BusError> {
-        self.0.subscribe_inbox(pattern, capacity).await
-    }
     async fn request(&self, msg: BusMessage, timeout: Duration) -> Result<BusMessage, BusError> {
         if msg.subject.starts_with("hang") {
             return hang().await;

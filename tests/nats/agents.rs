@@ -480,3 +480,63 @@ async fn host_health_names_the_server_and_fails_while_the_node_is_cut_off() {
     assert_eq!(report["bus"]["connected"], false, "{report}");
     node.stop();
 }
+
+#[tokio::test]
+async fn an_agent_flooded_past_its_mailbox_counts_every_message_it_lost() {
+    let Some(server) = NatsServer::start("nats flooded mailbox") else {
+        return;
+    };
+    let url = server.url();
+    let t = TestNode::start_with(move |c| {
+        c.nats.url = Some(url);
+        c.node.mailbox_capacity = 4;
+    })
+    .await;
+    t.load("hostile", "hostile", "[agent]\nname = \"hostile\"\n")
+        .await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    // The agent is busy in a host call for 1 s while a burst arrives: its mailbox keeps 4.
+    client
+        .publish("agent.to.hostile.x", "sleep 1000".into())
+        .await
+        .unwrap();
+    round_trip(&client).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    const BURST: u64 = 20_000;
+    for _ in 0..BURST {
+        client
+            .publish("agent.to.hostile.x", "ping".into())
+            .await
+            .unwrap();
+    }
+    round_trip(&client).await;
+
+    let accounted = |s: &agent_host::agent::AgentSummary| s.handled + s.errors + s.dropped;
+    let all_accounted = crate::support::eventually(Duration::from_secs(20), async || {
+        accounted(&t.node.status("hostile").await.unwrap()) == BURST + 1
+    })
+    .await;
+    let s = t.node.status("hostile").await.unwrap();
+    assert!(
+        all_accounted,
+        "of {} messages: {} handled, {} errors, {} dropped",
+        BURST + 1,
+        s.handled,
+        s.errors,
+        s.dropped
+    );
+    assert!(s.dropped >= BURST - 4, "{s:?}");
+    let metrics = t.node.metrics.encode();
+    let line = format!(
+        "agent_host_mailbox_dropped_total{{agent=\"hostile\",cluster=\"{}\"}} {}",
+        s.cluster, s.dropped
+    );
+    assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    assert!(
+        t.node.bus.dropped() >= s.dropped,
+        "the bus-wide count includes them"
+    );
+    // Nothing else is affected: the agent answers again.
+    assert_eq!(ask(&client, "agent.to.hostile.x", "ping").await, "pong");
+    t.stop().await;
+}

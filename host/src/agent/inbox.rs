@@ -39,9 +39,20 @@ impl Inbox {
         capacity: usize,
     ) -> anyhow::Result<(Inbox, Vec<String>)> {
         if !subs.durable {
-            return Inbox::subscribe(parts.bus.as_ref(), &parts.identity, subs, capacity)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot subscribe: {e}"));
+            let (inbox, patterns) =
+                Inbox::subscribe(parts.bus.as_ref(), &parts.identity, subs, capacity)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot subscribe: {e}"))?;
+            for sub in [&inbox.legacy, &inbox.agent_ref, &inbox.broadcast]
+                .into_iter()
+                .flatten()
+            {
+                let dropped = parts.metrics.dropped.clone();
+                sub.report_drops_to(move || {
+                    dropped.inc();
+                });
+            }
+            return Ok((inbox, patterns));
         }
         let durable = parts
             .durable
@@ -84,17 +95,17 @@ impl Inbox {
         let broadcast = one(subs.broadcast, subjects::broadcast());
         let inbox = Inbox {
             legacy: if legacy.0 {
-                Some(bus.subscribe_inbox(&legacy.1, capacity).await?)
+                Some(bus.subscribe(&legacy.1, capacity).await?)
             } else {
                 None
             },
             agent_ref: if agent_ref.0 {
-                Some(bus.subscribe_inbox(&agent_ref.1, capacity).await?)
+                Some(bus.subscribe(&agent_ref.1, capacity).await?)
             } else {
                 None
             },
             broadcast: if broadcast.0 {
-                Some(bus.subscribe_inbox(&broadcast.1, capacity).await?)
+                Some(bus.subscribe(&broadcast.1, capacity).await?)
             } else {
                 None
             },

@@ -114,6 +114,7 @@ impl AgentHandle {
             errors: m.errors.get(),
             traps: m.traps.get(),
             denied: m.denied.get(),
+            dropped: m.dropped.get(),
             limit_hits: m.limits.counts(),
             restarts: self.status.restarts.load(Ordering::Relaxed),
             dead_lettered: self.status.dead_lettered.load(Ordering::Relaxed),

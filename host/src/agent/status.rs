@@ -117,6 +117,9 @@ pub struct AgentSummary {
     pub errors: u64,
     pub traps: u64,
     pub denied: u64,
+    /// Messages lost because the agent's mailbox was full (`[node] mailbox_capacity`).
+    #[serde(default)]
+    pub dropped: u64,
     /// Limits the agent ran into since it was loaded.
     #[serde(default)]
     pub limit_hits: LimitHitCounts,

@@ -17,7 +17,7 @@ pub use trie::Routes;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -104,18 +104,6 @@ pub trait Transport: Send + Sync + 'static {
     /// buffer: when full, new messages for it are dropped and counted.
     async fn subscribe(&self, pattern: &str, capacity: usize) -> Result<Subscription, BusError>;
 
-    /// Subscribes an agent's inbox pattern. Like [`Transport::subscribe`]; a transport may
-    /// read from its own client's buffer instead (NATS: sized by the connection's
-    /// subscription capacity, drops counted in [`Transport::dropped`] and logged), sparing a
-    /// hop per message on the hot path.
-    async fn subscribe_inbox(
-        &self,
-        pattern: &str,
-        capacity: usize,
-    ) -> Result<Subscription, BusError> {
-        self.subscribe(pattern, capacity).await
-    }
-
     /// Publishes with a fresh reply inbox and waits for the first reply. NoResponders at
     /// once when nothing subscribes to the subject (NATS does this too), Timeout after
     /// `timeout`.
@@ -185,45 +173,28 @@ pub struct BusState {
 /// this a slow consumer), which [`Subscription::dropped`] counts. Dropping the
 /// Subscription unsubscribes: the bus stops routing to it and frees its entry.
 pub struct Subscription {
-    source: Source,
+    rx: mpsc::Receiver<BusMessage>,
     stats: Arc<SinkStats>,
     unsubscribe: Option<Box<dyn FnOnce() + Send + Sync>>,
-}
-
-/// Where a subscription's messages come from: the host's own bounded buffer, or (for agent
-/// inboxes on NATS, see [`Transport::subscribe_inbox`]) the NATS client's subscription
-/// buffer directly, which spares a task hop per message.
-enum Source {
-    Channel(mpsc::Receiver<BusMessage>),
-    Nats(async_nats::Subscriber),
 }
 
 impl Subscription {
     /// The next message; `None` once the bus has shut down. Cancel-safe, so it can sit in a
     /// `select!` without losing messages.
     pub async fn next(&mut self) -> Option<BusMessage> {
-        match &mut self.source {
-            Source::Channel(rx) => rx.recv().await,
-            Source::Nats(sub) => futures::StreamExt::next(sub).await.map(nats::from_nats),
-        }
+        self.rx.recv().await
     }
 
     /// A message already buffered, if any, without waiting.
     pub fn try_next(&mut self) -> Option<BusMessage> {
-        match &mut self.source {
-            Source::Channel(rx) => rx.try_recv().ok(),
-            Source::Nats(sub) => futures::FutureExt::now_or_never(futures::StreamExt::next(sub))
-                .flatten()
-                .map(nats::from_nats),
-        }
+        self.rx.try_recv().ok()
     }
 
-    /// A subscription read straight from a NATS client subscription; its drops are counted
-    /// by the client's slow-consumer events (bus-wide), not here.
-    pub(crate) fn from_nats_subscriber(pattern: &str, sub: async_nats::Subscriber) -> Self {
-        let (_, mut subscription) = subscription_channel(pattern, 1);
-        subscription.source = Source::Nats(sub);
-        subscription
+    /// Also reports each message this subscription loses to `on_drop` (an agent's
+    /// `mailbox_dropped` counter), so a drop shows on the agent that lost it, not only in
+    /// the bus-wide count. Only the first call takes effect.
+    pub fn report_drops_to(&self, on_drop: impl Fn() + Send + Sync + 'static) {
+        let _ = self.stats.also_report.set(Box::new(on_drop));
     }
 
     /// The pattern this subscription was made with.
@@ -268,8 +239,8 @@ pub(crate) fn subscription_channel(pattern: &str, capacity: usize) -> (Sink, Sub
     let stats = Arc::new(SinkStats {
         pattern: pattern.to_string(),
         dropped: AtomicU64::new(0),
-        next_warn_ms: AtomicU64::new(0),
-        born: Instant::now(),
+        warnings: WarnGate::new(),
+        also_report: OnceLock::new(),
     });
     let sink = Sink {
         tx,
@@ -278,7 +249,7 @@ pub(crate) fn subscription_channel(pattern: &str, capacity: usize) -> (Sink, Sub
     (
         sink,
         Subscription {
-            source: Source::Channel(rx),
+            rx,
             stats,
             unsubscribe: None,
         },
@@ -323,19 +294,30 @@ impl Sink {
 }
 
 /// Per-subscription counters shared by its [`Sink`] and [`Subscription`].
-#[derive(Debug)]
 struct SinkStats {
     pattern: String,
     dropped: AtomicU64,
-    /// Milliseconds since `born` before which no further drop warning is logged.
-    next_warn_ms: AtomicU64,
-    born: Instant,
+    warnings: WarnGate,
+    /// Where else a drop is reported (see [`Subscription::report_drops_to`]).
+    also_report: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl fmt::Debug for SinkStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SinkStats")
+            .field("pattern", &self.pattern)
+            .field("dropped", &self.dropped)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SinkStats {
     fn note_drop(&self) {
         let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.warn_due(self.born.elapsed().as_millis() as u64) {
+        if let Some(report) = self.also_report.get() {
+            report();
+        }
+        if self.warnings.due() {
             tracing::warn!(
                 pattern = %self.pattern,
                 dropped = total,
@@ -343,14 +325,36 @@ impl SinkStats {
             );
         }
     }
+}
+
+/// Lets a repeated warning through at most once per [`DROP_WARN_INTERVAL_MS`]: each drop
+/// is counted, but a flood of drops must not flood the log (or slow the path that counts).
+pub(crate) struct WarnGate {
+    /// Milliseconds since `born` before which no further warning is let through.
+    next_ms: AtomicU64,
+    born: Instant,
+}
+
+impl WarnGate {
+    pub(crate) fn new() -> WarnGate {
+        WarnGate {
+            next_ms: AtomicU64::new(0),
+            born: Instant::now(),
+        }
+    }
+
+    /// Whether a warning may be logged now.
+    pub(crate) fn due(&self) -> bool {
+        self.due_at(self.born.elapsed().as_millis() as u64)
+    }
 
     /// Whether a warning may be logged at `now_ms`; claims the slot if so, so concurrent
-    /// publishers log once between them.
-    fn warn_due(&self, now_ms: u64) -> bool {
-        let next = self.next_warn_ms.load(Ordering::Relaxed);
+    /// callers log once between them.
+    fn due_at(&self, now_ms: u64) -> bool {
+        let next = self.next_ms.load(Ordering::Relaxed);
         now_ms >= next
             && self
-                .next_warn_ms
+                .next_ms
                 .compare_exchange(
                     next,
                     now_ms + DROP_WARN_INTERVAL_MS,
@@ -378,12 +382,28 @@ mod tests {
     #[test]
     fn a_slow_consumer_is_reported_at_most_once_per_second() {
         let (sink, _sub) = subscription_channel("a.>", 1);
-        let stats = &sink.stats;
-        assert!(stats.warn_due(0), "the first drop is reported at once");
-        assert!(!stats.warn_due(10));
-        assert!(!stats.warn_due(999));
-        assert!(stats.warn_due(1000));
-        assert!(!stats.warn_due(1500));
+        let gate = &sink.stats.warnings;
+        assert!(gate.due_at(0), "the first drop is reported at once");
+        assert!(!gate.due_at(10));
+        assert!(!gate.due_at(999));
+        assert!(gate.due_at(1000));
+        assert!(!gate.due_at(1500));
+    }
+
+    #[test]
+    fn a_drop_is_also_reported_to_the_agent_that_lost_it() {
+        let global = AtomicU64::new(0);
+        let (sink, sub) = subscription_channel("a.>", 1);
+        let agent = Arc::new(AtomicU64::new(0));
+        let counted = agent.clone();
+        sub.report_drops_to(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
+        for n in 0..5 {
+            sink.deliver(BusMessage::new(format!("a.{n}"), ""), &global);
+        }
+        let all = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!((sub.dropped(), all(&global), all(&agent)), (4, 4, 4));
     }
 
     #[test]

@@ -261,13 +261,14 @@ fn print_status(value: &Value) {
     println!("version    {}  (sha256 {})", s("version"), s("digest"));
     println!("state      {}", s("state"));
     println!(
-        "messages   {} handled, {} errors, {} traps, {} denied calls, {} restarts, {} dead-lettered",
+        "messages   {} handled, {} errors, {} traps, {} denied calls, {} restarts, {} dead-lettered, {} dropped (mailbox full)",
         n("handled"),
         n("errors"),
         n("traps"),
         n("denied"),
         n("restarts"),
-        n("dead_lettered")
+        n("dead_lettered"),
+        n("dropped")
     );
     let hits = |k: &str| a["limit_hits"][k].as_u64().unwrap_or(0);
     println!(

@@ -192,8 +192,10 @@ pub struct NatsSection {
     /// How long the stream keeps messages, when the node creates it (an existing stream keeps
     /// its own limits).
     pub stream_max_age_secs: u64,
-    /// Messages the NATS client buffers per subscription (an agent inbox, a durable agent's
-    /// request recorder) before it drops new ones, counted and logged as a slow consumer.
+    /// Messages the NATS client buffers per subscription before it drops new ones, logged
+    /// as a slow consumer. The host's feeding task keeps these buffers empty (an agent's
+    /// inbox is bounded by `[node] mailbox_capacity`); this is the slack for a feeder
+    /// that falls behind.
     pub subscription_capacity: u32,
     /// Durable delivery: how long a fresh stream copy whose core copy the node has not seen
     /// waits for it, so that a request answered through the stream still gets its reply
