@@ -1,11 +1,10 @@
 //! The subscriptions the host holds for an agent, and the precedence that drops the second
 //! copy of a message one publish delivered through two of them.
 
-use crate::bus::{BusMessage, Subscription, Transport};
+use crate::bus::{BusMessage, Subscription};
 use crate::subjects;
 
 use super::durable::DurableInbox;
-use super::Identity;
 
 /// Why a durable manifest cannot load on the embedded bus, and what to do.
 pub const DURABLE_NEEDS_NATS: &str = "field subscriptions.durable: durable delivery needs NATS JetStream, and this node runs on the embedded bus (which keeps no messages); set [nats] url in the node config or NATS_URL, or set durable = false";
@@ -39,20 +38,9 @@ impl Inbox {
         capacity: usize,
     ) -> anyhow::Result<(Inbox, Vec<String>)> {
         if !subs.durable {
-            let (inbox, patterns) =
-                Inbox::subscribe(parts.bus.as_ref(), &parts.identity, subs, capacity)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot subscribe: {e}"))?;
-            for sub in [&inbox.legacy, &inbox.agent_ref, &inbox.broadcast]
-                .into_iter()
-                .flatten()
-            {
-                let dropped = parts.metrics.dropped.clone();
-                sub.report_drops_to(move || {
-                    dropped.inc();
-                });
-            }
-            return Ok((inbox, patterns));
+            return Inbox::subscribe(parts, subs, capacity)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot subscribe: {e}"));
         }
         let durable = parts
             .durable
@@ -77,38 +65,33 @@ impl Inbox {
     }
 
     /// Subscribes the patterns the manifest turns on; returns them for the startup log too.
-    pub async fn subscribe(
-        bus: &dyn Transport,
-        identity: &Identity,
+    /// Each drops into the agent's `mailbox_dropped` as well as the bus-wide count.
+    async fn subscribe(
+        parts: &super::runner::RunnerParts,
         subs: &crate::manifest::Subscriptions,
         capacity: usize,
     ) -> Result<(Inbox, Vec<String>), crate::bus::BusError> {
+        let identity = &parts.identity;
         let mut patterns = Vec::new();
-        let mut one = |on: bool, pattern: String| {
-            if on {
-                patterns.push(pattern.clone());
+        let mut one = async |on: bool, pattern: String| {
+            if !on {
+                return Ok(None);
             }
-            (on, pattern)
+            let sub = parts.bus.subscribe(&pattern, capacity).await?;
+            let dropped = parts.metrics.dropped.clone();
+            sub.report_drops_to(move || {
+                dropped.inc();
+            });
+            patterns.push(pattern);
+            Ok::<_, crate::bus::BusError>(Some(sub))
         };
-        let legacy = one(subs.legacy, subjects::legacy_inbox(&identity.name));
-        let agent_ref = one(subs.agent_ref, subjects::agent_ref_commands(&identity.id));
-        let broadcast = one(subs.broadcast, subjects::broadcast());
+        let legacy = one(subs.legacy, subjects::legacy_inbox(&identity.name)).await?;
+        let agent_ref = one(subs.agent_ref, subjects::agent_ref_commands(&identity.id)).await?;
+        let broadcast = one(subs.broadcast, subjects::broadcast()).await?;
         let inbox = Inbox {
-            legacy: if legacy.0 {
-                Some(bus.subscribe(&legacy.1, capacity).await?)
-            } else {
-                None
-            },
-            agent_ref: if agent_ref.0 {
-                Some(bus.subscribe(&agent_ref.1, capacity).await?)
-            } else {
-                None
-            },
-            broadcast: if broadcast.0 {
-                Some(bus.subscribe(&broadcast.1, capacity).await?)
-            } else {
-                None
-            },
+            legacy,
+            agent_ref,
+            broadcast,
             durable: None,
             first: 0,
         };

@@ -83,6 +83,8 @@ pub struct NatsBus {
 struct Shared {
     url: String,
     dropped: AtomicU64,
+    /// Connect events seen, to tell the first connect from a reconnect in the log only:
+    /// [`NatsBus::reconnects`] reads the client's own count, which never lags its state.
     connects: AtomicU64,
     disconnects: AtomicU64,
     /// The client reports each message it drops; one warning a second is enough.
