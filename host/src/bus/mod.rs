@@ -192,9 +192,14 @@ impl Subscription {
 
     /// Also reports each message this subscription loses to `on_drop` (an agent's
     /// `mailbox_dropped` counter), so a drop shows on the agent that lost it, not only in
-    /// the bus-wide count. Only the first call takes effect.
+    /// the bus-wide count. Called once per subscription (a second call is ignored).
     pub fn report_drops_to(&self, on_drop: impl Fn() + Send + Sync + 'static) {
-        let _ = self.stats.also_report.set(Box::new(on_drop));
+        let first = self.stats.also_report.set(Box::new(on_drop)).is_ok();
+        debug_assert!(
+            first,
+            "report_drops_to called twice on '{}'",
+            self.stats.pattern
+        );
     }
 
     /// The pattern this subscription was made with.

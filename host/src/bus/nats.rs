@@ -12,10 +12,9 @@
 //! ([`subscription_channel`], `[node] mailbox_capacity` for an inbox), fed by a small task,
 //! so a slow agent loses new messages exactly as on the embedded bus: every drop counted per
 //! subscription, on the agent (`mailbox_dropped`) and in [`Transport::dropped`], and logged
-//! at most once a second. Inboxes once read straight from the client's buffer to spare that
-//! task hop, but the client reports its drops through a bounded event queue that itself
-//! drops under a flood: a 50,000-message burst into a full inbox counted only 56–66 % of
-//! the drops, and the hop's cost was within the benchmark's noise. Drops inside the client
+//! at most once a second. (Reading inboxes straight from the client's buffer would spare
+//! that hop, but the client reports drops through an event queue that itself drops under a
+//! flood, so the counts would be short; see BENCHMARKS.md.) Drops inside the client
 //! (its per-subscription buffer, `[nats] subscription_capacity`, which the feeding task
 //! keeps empty) can still happen if a feeder falls that far behind; they are counted from
 //! those events, so that count is a lower bound.
@@ -305,10 +304,9 @@ impl Shared {
             }
             Event::SlowConsumer(sid) => {
                 let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if !self.slow_consumer_warnings.due() {
-                    return;
+                if self.slow_consumer_warnings.due() {
+                    tracing::warn!(%url, subscription = sid, dropped = total, "slow consumer: the NATS client's buffer for a subscription is full, dropping messages");
                 }
-                tracing::warn!(%url, subscription = sid, dropped = total, "slow consumer: the NATS client's buffer for a subscription is full, dropping messages");
             }
             Event::LameDuckMode => {
                 tracing::warn!(%url, "the NATS server is shutting down (lame duck mode); the client will move to another server")
