@@ -68,6 +68,26 @@ async fn node_on(urls: String, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode 
     .await
 }
 
+/// One request of `payload` on `subject`, waiting up to `timeout` for the reply: its text
+/// and its `Agent-Ref`.
+async fn ask(
+    client: &async_nats::Client,
+    subject: &str,
+    payload: &str,
+    timeout: Duration,
+) -> Result<(String, Option<String>), async_nats::RequestError> {
+    let request = async_nats::Request::new()
+        .payload(payload.to_string().into())
+        .timeout(Some(timeout));
+    let reply = client.send_request(subject.to_string(), request).await?;
+    let sender = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Agent-Ref"))
+        .map(|v| v.as_str().to_string());
+    Ok((String::from_utf8_lossy(&reply.payload).into_owned(), sender))
+}
+
 /// Requests `payload` on `subject` until it is answered, for up to 30 s: a subscription
 /// made on one server reaches the others of the cluster a moment later, and a node that
 /// is failing over is briefly unreachable. The reply as text, with its `Agent-Ref`. A
@@ -80,18 +100,8 @@ async fn ask_until_answered(
 ) -> (String, Option<String>) {
     let started = Instant::now();
     loop {
-        let request = async_nats::Request::new()
-            .payload(payload.to_string().into())
-            .timeout(Some(Duration::from_secs(5)));
-        match client.send_request(subject.to_string(), request).await {
-            Ok(reply) => {
-                let sender = reply
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("Agent-Ref"))
-                    .map(|v| v.as_str().to_string());
-                return (String::from_utf8_lossy(&reply.payload).into_owned(), sender);
-            }
+        match ask(client, subject, payload, Duration::from_secs(5)).await {
+            Ok(answered) => return answered,
             Err(e) => assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "no answer to {payload:?} on {subject} in 30 s: {e}"
@@ -111,11 +121,8 @@ async fn answer(client: &async_nats::Client, subject: &str, payload: &str) -> St
 /// late reply would count again. Ask something idempotent with [`answer`] first, so the
 /// client's inbox has reached every server.
 async fn answer_once(client: &async_nats::Client, subject: &str, payload: &str) -> String {
-    let request = async_nats::Request::new()
-        .payload(payload.to_string().into())
-        .timeout(Some(Duration::from_secs(20)));
-    match client.send_request(subject.to_string(), request).await {
-        Ok(reply) => String::from_utf8_lossy(&reply.payload).into_owned(),
+    match ask(client, subject, payload, Duration::from_secs(20)).await {
+        Ok((text, _)) => text,
         Err(e) => panic!("no answer to {payload:?} on {subject} in 20 s: {e}"),
     }
 }
