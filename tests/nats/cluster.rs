@@ -129,8 +129,10 @@ async fn answer_once(client: &async_nats::Client, subject: &str, payload: &str) 
 
 /// [`answer`], asked again while the agent answers with an error, for up to 30 s: right
 /// after its server went, the KV bucket's copies elect a new leader, and a storage call
-/// until then fails (the probe agent replies `error: …`).
-async fn answer_once_storage_is_back(
+/// until then fails (the probe agent replies `error: …`). It asks again, so only for
+/// commands that may be repeated (a `kv-get`, a `kv-set` of the same value), unlike
+/// [`answer_once`].
+async fn answer_after_storage_is_back(
     client: &async_nats::Client,
     subject: &str,
     payload: &str,
@@ -319,11 +321,11 @@ async fn a_node_whose_server_goes_down_fails_over_and_its_agents_keep_state_and_
     // losing one server loses nothing). A `get` first, as above: the new client's inbox.
     assert_eq!(answer(&client, "agent.to.counter.cmd", "get").await, "5");
     assert_eq!(
-        answer_once_storage_is_back(&client, "agent.to.probe.cmd", "kv-get note").await,
+        answer_after_storage_is_back(&client, "agent.to.probe.cmd", "kv-get note").await,
         "before"
     );
     let revision =
-        answer_once_storage_is_back(&client, "agent.to.probe.cmd", "kv-set note after").await;
+        answer_after_storage_is_back(&client, "agent.to.probe.cmd", "kv-set note after").await;
     assert!(
         revision.parse::<u64>().is_ok(),
         "kv-set gives the revision: {revision}"
