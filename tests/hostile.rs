@@ -9,6 +9,10 @@ mod support;
 #[path = "hostile/cpu.rs"]
 mod cpu;
 
+/// A reference or a message id an agent makes up reaches no one it does not name.
+#[path = "hostile/references.rs"]
+mod references;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

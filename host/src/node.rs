@@ -35,19 +35,48 @@ pub struct LoadRequest {
     pub name: Option<String>,
 }
 
-/// Name → (cluster, id) of the agents on this node, for `send` by name.
+/// The agents on this node by name and by id, for `send` by name and to check a `send`
+/// by reference.
 #[derive(Default)]
 struct NodeDirectory {
-    agents: RwLock<HashMap<String, (String, String)>>,
+    maps: RwLock<DirectoryMaps>,
+}
+
+#[derive(Default)]
+struct DirectoryMaps {
+    /// name → (cluster, id)
+    by_name: HashMap<String, (String, String)>,
+    /// id → (cluster, name)
+    by_id: HashMap<String, (String, String)>,
+}
+
+impl NodeDirectory {
+    fn insert(&self, identity: &Identity) {
+        let mut maps = self.maps.write().expect("directory lock");
+        let (cluster, name, id) = (&identity.cluster, &identity.name, &identity.id);
+        maps.by_name
+            .insert(name.clone(), (cluster.clone(), id.clone()));
+        maps.by_id
+            .insert(id.clone(), (cluster.clone(), name.clone()));
+    }
+
+    fn remove(&self, name: &str) {
+        let mut maps = self.maps.write().expect("directory lock");
+        if let Some((_, id)) = maps.by_name.remove(name) {
+            maps.by_id.remove(&id);
+        }
+    }
 }
 
 impl Directory for NodeDirectory {
     fn lookup(&self, name: &str) -> Option<(String, String)> {
-        self.agents
-            .read()
-            .expect("directory lock")
-            .get(name)
-            .cloned()
+        let maps = self.maps.read().expect("directory lock");
+        maps.by_name.get(name).cloned()
+    }
+
+    fn lookup_id(&self, id: &str) -> Option<(String, String)> {
+        let maps = self.maps.read().expect("directory lock");
+        maps.by_id.get(id).cloned()
     }
 }
 
@@ -273,14 +302,7 @@ impl Node {
         }
         tracing::info!(agent = %identity.name, agent_ref = %identity.agent_ref, "Agent '{}' v{} is ready", identity.name, handle.status.version.lock().expect("status lock"));
         let summary = handle.summary();
-        self.directory
-            .agents
-            .write()
-            .expect("directory lock")
-            .insert(
-                identity.name.clone(),
-                (identity.cluster.clone(), identity.id.clone()),
-            );
+        self.directory.insert(&identity);
         agents.insert(identity.name.clone(), handle);
         self.metrics.set_agents(agents.len());
         Ok(summary)
@@ -328,11 +350,7 @@ impl Node {
             self.metrics.set_agents(agents.len());
             handle
         };
-        self.directory
-            .agents
-            .write()
-            .expect("directory lock")
-            .remove(name);
+        self.directory.remove(name);
         let mut summary = handle.summary();
         let labels = handle.metrics.labels.clone();
         handle.stop().await;

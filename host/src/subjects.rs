@@ -173,6 +173,22 @@ pub fn validate_name(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks an agent id as it stands in subjects: a UUID in its canonical lower-case,
+/// hyphenated form (what manifests and `runtime.self` give), so that it is exactly one
+/// subject token and names exactly one agent's agent-ref inbox.
+pub fn validate_agent_id(value: &str) -> Result<(), String> {
+    let canonical = uuid::Uuid::parse_str(value)
+        .ok()
+        .map(|id| id.to_string())
+        .filter(|canonical| canonical == value);
+    match canonical {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "{value:?} is not an agent id; expected a UUID in lower-case hyphenated form like \"01936f11-4ea2-7000-8000-000000000001\" (the id from the agent's manifest or runtime::self)"
+        )),
+    }
+}
+
 /// Checks a command (the subject tail after the agent's prefix): one or more tokens.
 pub fn validate_command(command: &str) -> Result<(), String> {
     validate_subject(command).map_err(|e| format!("command {e}"))
@@ -248,6 +264,22 @@ mod tests {
         assert!(validate_pattern("agent.*.>").is_ok());
         assert!(validate_pattern("agent.>.x").is_err());
         assert!(validate_pattern("agent.a*").is_err());
+    }
+
+    #[test]
+    fn agent_ids_are_canonical_uuids_and_nothing_else() {
+        assert!(validate_agent_id("01936f11-4ea2-7000-8000-000000000001").is_ok());
+        for bad in [
+            "",
+            "01936F11-4EA2-7000-8000-000000000001",
+            "01936f114ea270008000000000000001",
+            "{01936f11-4ea2-7000-8000-000000000001}",
+            "01936f11-4ea2-7000-8000-000000000001.command.x",
+            "x.01936f11-4ea2-7000-8000-000000000001",
+            "*",
+        ] {
+            assert!(validate_agent_id(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

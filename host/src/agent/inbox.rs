@@ -5,6 +5,7 @@ use crate::bus::{BusMessage, Subscription};
 use crate::subjects;
 
 use super::durable::DurableInbox;
+use super::Identity;
 
 /// Why a durable manifest cannot load on the embedded bus, and what to do.
 pub const DURABLE_NEEDS_NATS: &str = "field subscriptions.durable: durable delivery needs NATS JetStream, and this node runs on the embedded bus (which keeps no messages); set [nats] url in the node config or NATS_URL, or set durable = false";
@@ -17,9 +18,42 @@ pub enum Via {
     Broadcast,
 }
 
+/// What the runner does with a message one of the agent's subscriptions brought.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Hand it to `handle`.
+    Deliver,
+    /// A subscription of higher precedence brings (or brought) the same publish: drop this
+    /// copy silently.
+    Duplicate,
+    /// It came only through the agent-ref pattern `agent.*.*.{id}.command.>`, and its subject
+    /// names another cluster or agent than this one: a forged or stale reference, dropped
+    /// and counted (`misaddressed_dropped`), so a reference built from one agent's name and
+    /// another's id reaches neither.
+    Misaddressed,
+}
+
+/// Whether an agent-ref command subject `agent.{cluster}.{name}.{id}.command.…` names `me`
+/// by cluster and name (the id already matched the subscription).
+pub fn names_me(me: &Identity, subject: &str) -> bool {
+    let mut tokens = subject.split('.').skip(1);
+    tokens.next() == Some(me.cluster.as_str()) && tokens.next() == Some(me.name.as_str())
+}
+
+/// For a durable agent, whose consumers bring each stored message once per pattern: whether
+/// `subject` reached it only through its agent-ref pattern while naming another agent.
+pub fn misaddressed_durable(me: &Identity, subject: &str) -> bool {
+    subjects::matches(&subjects::agent_ref_commands(&me.id), subject)
+        && !subjects::matches(&subjects::legacy_inbox(&me.name), subject)
+        && !subjects::matches(&subjects::broadcast(), subject)
+        && !names_me(me, subject)
+}
+
 /// The agent's subscriptions (each may be turned off in the manifest), or for a durable
 /// agent its JetStream consumers.
 pub struct Inbox {
+    /// Whose inbox this is: agent-ref commands must name it.
+    me: Identity,
     pub legacy: Option<Subscription>,
     pub agent_ref: Option<Subscription>,
     pub broadcast: Option<Subscription>,
@@ -55,6 +89,7 @@ impl Inbox {
             )
             .await?;
         let inbox = Inbox {
+            me: parts.identity.clone(),
             legacy: None,
             agent_ref: None,
             broadcast: None,
@@ -89,6 +124,7 @@ impl Inbox {
         let agent_ref = one(subs.agent_ref, subjects::agent_ref_commands(&identity.id)).await?;
         let broadcast = one(subs.broadcast, subjects::broadcast()).await?;
         let inbox = Inbox {
+            me: identity.clone(),
             legacy,
             agent_ref,
             broadcast,
@@ -117,17 +153,25 @@ impl Inbox {
         None
     }
 
-    /// Whether a message that came through `via` will also come through a subscription of
-    /// higher precedence (one publish matching two patterns): then this copy is dropped.
-    pub fn delivered_earlier(&self, via: Via, subject: &str) -> bool {
+    /// What to do with a message that came through `via`: a copy that a subscription of
+    /// higher precedence also brings (one publish matching two patterns) is a duplicate; an
+    /// agent-ref command naming another agent is misaddressed.
+    pub fn claim(&self, via: Via, subject: &str) -> Claim {
         let matches = |s: &Option<Subscription>| {
             s.as_ref()
                 .is_some_and(|s| subjects::matches(s.pattern(), subject))
         };
+        // A broadcast whose subject also has this agent's id in the agent-ref position is a
+        // broadcast still: the agent-ref copy delivers it, the broadcast copy is dropped.
+        let agent_ref_takes = || names_me(&self.me, subject) || matches(&self.broadcast);
         match via {
-            Via::Legacy => false,
-            Via::AgentRef => matches(&self.legacy),
-            Via::Broadcast => matches(&self.legacy) || matches(&self.agent_ref),
+            Via::Legacy => Claim::Deliver,
+            Via::AgentRef if matches(&self.legacy) => Claim::Duplicate,
+            Via::AgentRef if !agent_ref_takes() => Claim::Misaddressed,
+            Via::AgentRef => Claim::Deliver,
+            Via::Broadcast if matches(&self.legacy) => Claim::Duplicate,
+            Via::Broadcast if matches(&self.agent_ref) && agent_ref_takes() => Claim::Duplicate,
+            Via::Broadcast => Claim::Deliver,
         }
     }
 }
@@ -136,5 +180,43 @@ pub async fn next_from(sub: &mut Option<Subscription>) -> Option<BusMessage> {
     match sub {
         Some(s) => s.next().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> Identity {
+        Identity::new("ops", "victim-u", "01936f11-4ea2-7000-8000-000000000001")
+    }
+
+    #[test]
+    fn an_agent_ref_command_must_name_the_cluster_and_agent_that_own_the_id() {
+        let me = me();
+        let id = &me.id;
+        assert!(names_me(&me, &format!("agent.ops.victim-u.{id}.command.x")));
+        assert!(!names_me(&me, &format!("agent.ops.admin-u.{id}.command.x")));
+        assert!(!names_me(
+            &me,
+            &format!("agent.other.victim-u.{id}.command.x")
+        ));
+        assert!(!names_me(&me, "agent"));
+    }
+
+    #[test]
+    fn a_durable_message_is_misaddressed_only_when_nothing_but_the_forged_reference_brought_it() {
+        let me = me();
+        let id = &me.id;
+        let forged = format!("agent.ops.admin-u.{id}.command.x");
+        assert!(misaddressed_durable(&me, &forged));
+        for fine in [
+            format!("agent.ops.victim-u.{id}.command.x"),
+            format!("agent.to.victim-u.{id}.command.x"),
+            format!("agent.broadcast.x.{id}.command.x"),
+            "agent.to.victim-u.hello".to_string(),
+        ] {
+            assert!(!misaddressed_durable(&me, &fine), "{fine}");
+        }
     }
 }

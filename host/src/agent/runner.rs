@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::canary::{Canary, CanaryStart, CanaryStarted};
 use super::dedup::SeenIds;
 use super::durable::next_durable;
-use super::inbox::{next_from, Inbox, Via};
+use super::inbox::{next_from, Claim, Inbox, Via};
 use super::instance::{instantiate, Code, InstanceLimits, Live};
 use super::snapshots::{self, SnapshotWriter};
 use super::status::{AgentState, AgentStatus, AgentSummary};
@@ -222,6 +222,8 @@ pub(super) struct Runner {
     /// The message handed to `handle`, kept between messages so its buffers are reused
     /// (see [`crate::capabilities::messaging::fill_wit_message`]).
     pub(super) wit_message: crate::bindings::Message,
+    /// Lets a warning about misaddressed messages through at most once a second.
+    pub(super) misaddressed_warnings: crate::bus::WarnGate,
 }
 
 impl Runner {
@@ -247,6 +249,7 @@ impl Runner {
             rollback_window,
             canary: None,
             wit_message: crate::capabilities::messaging::empty_wit_message(),
+            misaddressed_warnings: crate::bus::WarnGate::new(),
         };
         let mut live = runner.fresh_instance().await?;
         live.begin_turn(None, Duration::from_secs(1));
@@ -344,8 +347,13 @@ impl Runner {
                     else => return,
                 }
             };
-            if inbox.delivered_earlier(via, &msg.subject) {
-                continue;
+            match inbox.claim(via, &msg.subject) {
+                Claim::Deliver => {}
+                Claim::Duplicate => continue,
+                Claim::Misaddressed => {
+                    self.drop_misaddressed(&msg.subject);
+                    continue;
+                }
             }
             if let Some(id) = msg.header(subjects::MSG_ID_HEADER) {
                 if !self.seen.first_time(id) {
@@ -356,6 +364,22 @@ impl Runner {
             if self.deliver_routed(msg).await == Outcome::AgentFailed {
                 return;
             }
+        }
+    }
+
+    /// Drops a message whose agent-ref subject names another agent than this one (see
+    /// [`Claim::Misaddressed`]): counted, and logged at most once a second.
+    pub(super) fn drop_misaddressed(&self, subject: &str) {
+        let p = &self.parts;
+        p.metrics.misaddressed.inc();
+        if self.misaddressed_warnings.due() {
+            tracing::warn!(
+                agent = %p.identity.name,
+                subject = %subject,
+                dropped = p.metrics.misaddressed.get(),
+                "dropped a message whose subject names another agent than {} (a forged or stale agent reference); address agents as agent.{{cluster}}.{{name}}.{{id}}.command.… with the reference they run as",
+                p.identity.agent_ref
+            );
         }
     }
 

@@ -24,10 +24,14 @@ use crate::telemetry::AgentMetrics;
 /// Most requests one `request-many` call may fan out.
 pub const MAX_FAN_OUT: usize = 256;
 
-/// Resolves agent names to references for the agent-ref subject scheme.
+/// Resolves agent names to references for the agent-ref subject scheme, and references
+/// back to the agents they name, so a `send` by reference cannot reach an agent other than
+/// the one it names.
 pub trait Directory: Send + Sync {
     /// `(cluster, id)` of the agent named `name`, if this node knows it.
     fn lookup(&self, name: &str) -> Option<(String, String)>;
+    /// `(cluster, name)` of the agent with id `id`, if this node knows it.
+    fn lookup_id(&self, id: &str) -> Option<(String, String)>;
 }
 
 /// What the messaging import of one agent needs; shared by all its instances.
@@ -117,21 +121,76 @@ impl MessagingCtx {
     // ---- subjects --------------------------------------------------------------------
 
     /// The subject of `command` for `to`, on the scheme `unified_subjects` selects.
+    ///
+    /// Every token the agent supplies is checked to be one subject token of its kind, and a
+    /// reference must name the granted agent: a known name with another agent's id (or an
+    /// id known under another name) is refused, so no reference built from a granted name
+    /// reaches an agent the grant does not cover. A reference to an agent this node does not
+    /// know goes out as given; the receiving node drops it unless its cluster and name are
+    /// those of the agent that owns the id (see `agent::inbox::addressed_to`).
     fn command_subject(&self, to: &AgentTarget, command: &str) -> Result<String, WitError> {
         subjects::validate_command(command).map_err(WitError::Invalid)?;
         let (name, cluster_id) = match to {
             AgentTarget::Name(name) => (name.as_str(), None),
-            AgentTarget::Agent(r) => (r.name.as_str(), Some((r.cluster.clone(), r.id.clone()))),
+            AgentTarget::Agent(r) => (r.name.as_str(), Some((r.cluster.as_str(), r.id.as_str()))),
         };
         subjects::validate_name(name).map_err(|e| WitError::Invalid(format!("agent name: {e}")))?;
+        if let Some((cluster, id)) = cluster_id {
+            check_reference_tokens(cluster, id)?;
+        }
         self.check_send(name)?;
+        if let Some((cluster, id)) = cluster_id {
+            self.check_reference_resolves(cluster, name, id)?;
+        }
         if !self.unified_subjects {
             return Ok(subjects::legacy_command(name, command));
         }
-        match cluster_id.or_else(|| self.directory.lookup(name)) {
+        let known = || self.directory.lookup(name);
+        match cluster_id
+            .map(|(c, i)| (c.to_string(), i.to_string()))
+            .or_else(known)
+        {
             Some((cluster, id)) => Ok(subjects::agent_ref_command(&cluster, name, &id, command)),
             // An agent this node does not know yet: the legacy inbox still reaches it.
             None => Ok(subjects::legacy_command(name, command)),
+        }
+    }
+
+    /// A reference `{cluster}.{name}.{id}` must be the one agent this node knows by that
+    /// name and by that id: otherwise it is refused as `denied` (the id belongs to an agent
+    /// the grant does not cover) or `invalid` (a granted agent, under a wrong reference).
+    fn check_reference_resolves(
+        &self,
+        cluster: &str,
+        name: &str,
+        id: &str,
+    ) -> Result<(), WitError> {
+        let given = subjects::agent_ref_string(cluster, name, id);
+        if let Some((owner_cluster, owner_name)) = self.directory.lookup_id(id) {
+            if owner_name != name {
+                let why = format!(
+                    "agent '{}' may not send to {given}: id {id} is agent '{owner_cluster}.{owner_name}', not '{name}'; a reference must name the agent it reaches",
+                    self.identity.name
+                );
+                return Err(
+                    match self
+                        .grants
+                        .send
+                        .iter()
+                        .any(|n| n == "*" || *n == owner_name)
+                    {
+                        true => WitError::Invalid(why),
+                        false => deny(&self.identity, &self.metrics, why),
+                    },
+                );
+            }
+        }
+        match self.directory.lookup(name) {
+            Some((c, i)) if c != cluster || i != id => Err(WitError::Invalid(format!(
+                "{given} does not reach agent '{name}', which runs as {}; use runtime::self of that agent or send by name",
+                subjects::agent_ref_string(&c, name, &i)
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -147,10 +206,23 @@ impl MessagingCtx {
 
     /// A bus message from this agent, without the sender stamp: the transport adds it
     /// ([`Transport::publish_stamped`]), and a sender header the agent set is dropped.
+    ///
+    /// A `Nats-Msg-Id` the agent sets is the host's to own: it goes out as
+    /// `{sender agent-ref}:{id}` (see [`owned_message_id`]), and only its first one. Receivers
+    /// and JetStream drop a message whose id they saw within their window, so an id taken as
+    /// given would let an agent publish a client's or another agent's id first and have
+    /// that later message dropped everywhere; in the sender's own space it can only mark its
+    /// own messages as copies of each other (a retry, or one command on both subject schemes).
     fn outgoing(&self, subject: String, headers: Vec<Header>, payload: Vec<u8>) -> BusMessage {
         let mut out: Vec<(String, String)> = Vec::with_capacity(headers.len());
+        let mut has_id = false;
         for h in headers {
-            if !h.key.eq_ignore_ascii_case(subjects::SENDER_HEADER) {
+            if h.key.eq_ignore_ascii_case(subjects::MSG_ID_HEADER) {
+                if !std::mem::replace(&mut has_id, true) {
+                    let id = owned_message_id(&self.identity.agent_ref, &h.value);
+                    out.push((subjects::MSG_ID_HEADER.to_string(), id));
+                }
+            } else if !h.key.eq_ignore_ascii_case(subjects::SENDER_HEADER) {
                 out.push((h.key, h.value));
             } else if h.value != self.identity.agent_ref {
                 // The message still goes out, as this agent: report the forgery, refuse it.
@@ -230,6 +302,31 @@ impl MessagingCtx {
     fn timeout(&self, timeout_ms: u32) -> Duration {
         Duration::from_millis(u64::from(timeout_ms)).min(self.max_timeout)
     }
+}
+
+/// The cluster and id of a reference an agent gave: each one subject token of its kind, so
+/// the subject built from them has exactly the shape of an agent-ref command.
+fn check_reference_tokens(cluster: &str, id: &str) -> Result<(), WitError> {
+    subjects::validate_name(cluster)
+        .map_err(|e| WitError::Invalid(format!("agent reference cluster: {e}")))?;
+    if subjects::RESERVED_CLUSTERS.contains(&cluster) {
+        return Err(WitError::Invalid(format!(
+            "agent reference cluster: {cluster:?} is reserved (no agent runs in it); use the cluster from the agent's reference"
+        )));
+    }
+    subjects::validate_agent_id(id)
+        .map_err(|e| WitError::Invalid(format!("agent reference id: {e}")))
+}
+
+/// The `Nats-Msg-Id` a message from agent `sender` carries when the agent set `id`:
+/// `{sender}:{id}`. An agent's ids live in its own space, so no agent can make a receiver
+/// (or JetStream's duplicate window) drop a message of a client or of another agent.
+pub fn owned_message_id(sender: &str, id: &str) -> String {
+    let mut owned = String::with_capacity(sender.len() + 1 + id.len());
+    owned.push_str(sender);
+    owned.push(':');
+    owned.push_str(id);
+    owned
 }
 
 /// Maps a bus failure to the error the agent sees.

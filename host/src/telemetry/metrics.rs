@@ -67,6 +67,7 @@ pub struct Metrics {
     denied: Family<AgentLabels, Counter>,
     dropped: Family<AgentLabels, Counter>,
     duplicates: Family<AgentLabels, Counter>,
+    misaddressed: Family<AgentLabels, Counter>,
     paired_late: Family<AgentLabels, Counter>,
     unpaired: Family<AgentLabels, Counter>,
     limit_hits: Family<LimitLabels, Counter>,
@@ -98,6 +99,9 @@ pub struct AgentMetrics {
     pub dropped: Counter,
     /// Messages dropped as duplicates (same message id seen twice).
     pub duplicates: Counter,
+    /// Messages on the agent's agent-ref subscription whose subject names another cluster
+    /// or agent than the one that owns the id (a forged reference): dropped, never handled.
+    pub misaddressed: Counter,
     /// Durable stream copies whose core copy came after them, while they were held for it:
     /// each a request that the pairing wait saved from going unanswered (or a publish).
     pub durable_paired_late: Counter,
@@ -189,6 +193,7 @@ impl Metrics {
             denied: Family::default(),
             dropped: Family::default(),
             duplicates: Family::default(),
+            misaddressed: Family::default(),
             paired_late: Family::default(),
             unpaired: Family::default(),
             limit_hits: Family::default(),
@@ -231,6 +236,11 @@ impl Metrics {
             "duplicates_dropped",
             "Messages dropped as duplicates of one already handled",
             m.duplicates.clone(),
+        );
+        registry.register(
+            "misaddressed_dropped",
+            "Messages dropped because their agent-ref subject names another cluster or agent than the one owning the id",
+            m.misaddressed.clone(),
         );
         registry.register(
             "durable_paired_late",
@@ -301,6 +311,7 @@ impl Metrics {
             denied: self.denied.get_or_create(&labels).clone(),
             dropped: self.dropped.get_or_create(&labels).clone(),
             duplicates: self.duplicates.get_or_create(&labels).clone(),
+            misaddressed: self.misaddressed.get_or_create(&labels).clone(),
             durable_paired_late: self.paired_late.get_or_create(&labels).clone(),
             durable_unpaired: self.unpaired.get_or_create(&labels).clone(),
             latency: self.latency.get_or_create(&labels).clone(),
@@ -337,6 +348,7 @@ impl Metrics {
         self.denied.remove(labels);
         self.dropped.remove(labels);
         self.duplicates.remove(labels);
+        self.misaddressed.remove(labels);
         self.paired_late.remove(labels);
         self.unpaired.remove(labels);
         self.latency.remove(labels);

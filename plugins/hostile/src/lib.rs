@@ -25,10 +25,18 @@
 //! - `env`: reads the environment, arguments and working directory via std.
 //! - `net [ADDR]`: opens TCP and UDP sockets and resolves a name via std.
 //! - `sleep MS`: blocks in a WASI clock call (a host call) for MS milliseconds.
+//! - `send-ref CLUSTER NAME ID COMMAND`: `send` to an agent by a reference it made up
+//!   (any text in each field), with no SDK helper in between. `ask-ref ...` the same as a
+//!   request, replying with the answer.
+//! - `publish-id SUBJECT ID TEXT`: publishes TEXT with its own `Nats-Msg-Id: ID`.
+//! - `headers N KEY SUBJECT`: publishes one message with N headers named KEY (`-`: empty)
+//!   with empty values.
 //!
 //! Manifest `[config] init = "panic"` makes `init` panic always (the load is refused);
 //! `init = "panic-on-restart"` makes it panic on every start after the first (it leaves a
-//! mark in its KV namespace), so one trap turns into a crash loop.
+//! mark in its KV namespace), so one trap turns into a crash loop. `init = "sleepy"` and
+//! `restore = "sleepy"` make `init` / `restore` loop on short host calls: 40 sleeps of
+//! 500 ms, each well within any per-call bound.
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -49,8 +57,17 @@ impl Agent for Hostile {
                 }
                 kv::set("booted", "yes")?;
             }
+            Some("sleepy") => sleepy(),
             _ => {}
         }
+        Ok(())
+    }
+
+    fn restore(&mut self, _from_version: &str, state: &[u8]) -> Result<()> {
+        if runtime::config("restore").as_deref() == Some("sleepy") {
+            sleepy();
+        }
+        *self = state::read_or_convert::<Hostile, Hostile>(state)?;
         Ok(())
     }
 
@@ -82,9 +99,83 @@ impl Agent for Hostile {
                 std::thread::sleep(Duration::from_millis(ms));
                 format!("slept {ms} ms")
             }
+            "send-ref" => by_reference(&args, false),
+            "ask-ref" => by_reference(&args, true),
+            "publish-id" => publish_id(&args),
+            "headers" => many_headers(&args),
             other => return Err(AgentError::new(format!("unknown attack '{other}'"))),
         };
         msg.reply(outcome)
+    }
+}
+
+/// 40 host calls of 500 ms each: every one short, 20 s in all.
+fn sleepy() {
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `send` (or a request) to a reference whose every field the attacker chose.
+fn by_reference(args: &[&str], ask: bool) -> String {
+    use agent_sdk::bindings::agent::host::messaging as raw;
+    // `''` stands for an empty field (the command is split at spaces).
+    let field = |i: usize| match args.get(i).copied().unwrap_or_default() {
+        "''" => String::new(),
+        text => text.to_string(),
+    };
+    let to = AgentTarget::Agent(AgentRef {
+        cluster: field(0),
+        name: field(1),
+        id: field(2),
+    });
+    let command = field(3);
+    let outcome = if ask {
+        let dest = agent_sdk::Destination::Agent(agent_sdk::AgentCommand { to, command });
+        raw::request(&dest, &[], b"by reference", 1_000)
+            .map(|m| format!("answered {}", String::from_utf8_lossy(&m.payload)))
+    } else {
+        raw::send(&to, &command, &[], b"by reference").map(|()| "sent".to_string())
+    };
+    let verb = if ask { "ask-ref" } else { "send-ref" };
+    match outcome {
+        Ok(done) => format!("{verb}: {done}"),
+        Err(e) => format!("{verb}: refused: {}", agent_sdk::describe_host_error(&e)),
+    }
+}
+
+fn publish_id(args: &[&str]) -> String {
+    let subject = args.first().copied().unwrap_or("hostile.id");
+    let id = args.get(1).copied().unwrap_or("1");
+    let text = args.get(2).copied().unwrap_or("from hostile");
+    let headers = [Header {
+        key: "Nats-Msg-Id".to_string(),
+        value: id.to_string(),
+    }];
+    match messaging::publish_with_headers(subject, &headers, text) {
+        Ok(()) => format!("publish-id: published {id}"),
+        Err(e) => format!("publish-id: refused: {}", e.message()),
+    }
+}
+
+fn many_headers(args: &[&str]) -> String {
+    let n: usize = args.first().and_then(|n| n.parse().ok()).unwrap_or(1000);
+    let key = match args.get(1).copied().unwrap_or("-") {
+        "-" => String::new(),
+        key => key.to_string(),
+    };
+    let subject = args.get(2).copied().unwrap_or("hostile.headers");
+    let mut headers = Vec::new();
+    if headers.try_reserve_exact(n).is_err() {
+        return format!("headers: cannot hold {n} headers");
+    }
+    headers.extend((0..n).map(|_| Header {
+        key: key.clone(),
+        value: String::new(),
+    }));
+    match messaging::publish_with_headers(subject, &headers, "many headers") {
+        Ok(()) => format!("headers: published {n}"),
+        Err(e) => format!("headers: refused: {}", e.message()),
     }
 }
 

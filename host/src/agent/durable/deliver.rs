@@ -26,6 +26,12 @@ impl Runner {
             acknowledge(&agent, &d.acker, AckKind::Ack).await;
             return true;
         }
+        if crate::agent::inbox::misaddressed_durable(&self.parts.identity, &d.msg.subject) {
+            self.drop_misaddressed(&d.msg.subject);
+            acknowledge(&agent, &d.acker, AckKind::Term).await;
+            inbox.done.first_time(&seq);
+            return true;
+        }
         let s = inbox.settings.clone();
         if d.delivered > s.max_deliver {
             let why = format!(
