@@ -13,6 +13,10 @@ mod cpu;
 #[path = "hostile/references.rs"]
 mod references;
 
+/// A stalling `init` or `restore` is cut at its wall-time bound; nothing else waits on it.
+#[path = "hostile/stalls.rs"]
+mod stalls;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

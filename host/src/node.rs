@@ -90,6 +90,11 @@ pub struct Node {
     pub llm: Arc<crate::llm::LlmService>,
     directory: Arc<NodeDirectory>,
     agents: tokio::sync::Mutex<HashMap<String, AgentHandle>>,
+    /// Name → id of the agents whose load is in progress (see [`Reservation`]). Locked only
+    /// briefly, and only while `agents` is locked or on its own.
+    loading: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    /// Set once [`Node::shutdown`] begins: a load finishing after it stops its agent again.
+    stopping: std::sync::atomic::AtomicBool,
     /// JetStream durable delivery, on NATS only (the stream is made at the first durable load).
     durable: Option<Arc<crate::agent::durable::DurableDelivery>>,
 }
@@ -176,6 +181,8 @@ impl Node {
             llm,
             directory: Arc::new(NodeDirectory::default()),
             agents: tokio::sync::Mutex::new(HashMap::new()),
+            loading: Arc::default(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             durable,
         }))
     }
@@ -264,19 +271,70 @@ impl Node {
             .await
     }
 
+    /// Starts an agent and adds it to the table. Its name and id are reserved first, and its
+    /// `init` runs without the table locked: a slow `init` delays only its own load, never
+    /// `list`, `status`, `health` or another load.
     async fn start_agent(
         &self,
         manifest: Manifest,
         code: Code,
         limits: InstanceLimits,
     ) -> anyhow::Result<AgentSummary> {
+        let reservation = {
+            let agents = self.agents.lock().await;
+            self.check_capacity_and_unique(&agents, &manifest)?;
+            Reservation::new(&self.loading, &manifest)
+        };
         let identity = Identity::new(
             &manifest.agent.cluster,
             &manifest.agent.name,
             &manifest.agent.id.to_string(),
         );
         let metrics = self.metrics.for_agent(&identity.name, &identity.cluster);
-        let caps = Arc::new(self.capabilities(&identity, &manifest, &metrics)?);
+        let labels = metrics.labels.clone();
+        let started = self
+            .start_runner(&identity, manifest, code, limits, metrics)
+            .await;
+        let handle = match started {
+            Ok(handle) => handle,
+            Err(e) => {
+                // Reserved, so no other agent of this name has series to keep.
+                self.metrics.remove_agent(&labels);
+                return Err(e);
+            }
+        };
+        let mut agents = self.agents.lock().await;
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            drop(agents);
+            handle.stop().await;
+            self.metrics.remove_agent(&labels);
+            anyhow::bail!(
+                "agent '{}' was not added: the node is shutting down",
+                identity.name
+            );
+        }
+        for pattern in &handle.subscriptions {
+            tracing::info!(agent = %identity.name, "subscribed to {pattern}");
+        }
+        tracing::info!(agent = %identity.name, agent_ref = %identity.agent_ref, "Agent '{}' v{} is ready", identity.name, handle.status.version.lock().expect("status lock"));
+        let summary = handle.summary();
+        self.directory.insert(&identity);
+        agents.insert(identity.name.clone(), handle);
+        drop(reservation);
+        self.metrics.set_agents(agents.len());
+        Ok(summary)
+    }
+
+    /// Instantiates, initialises and subscribes an agent (the slow part of a load).
+    async fn start_runner(
+        &self,
+        identity: &Identity,
+        manifest: Manifest,
+        code: Code,
+        limits: InstanceLimits,
+        metrics: Arc<crate::telemetry::AgentMetrics>,
+    ) -> anyhow::Result<AgentHandle> {
+        let caps = Arc::new(self.capabilities(identity, &manifest, &metrics)?);
         let parts = RunnerParts {
             identity: identity.clone(),
             engine: self.engine.clone(),
@@ -293,30 +351,22 @@ impl Node {
             rollback_window: Duration::from_secs(self.config.node.rollback_window_secs),
             durable: self.durable.clone(),
         };
-        let mut agents = self.agents.lock().await;
-        self.check_capacity_and_unique(&agents, &manifest)?;
-        let manifest = Arc::new(manifest);
-        let handle = runner::start(parts, manifest, self.config.node.mailbox_capacity).await?;
-        for pattern in &handle.subscriptions {
-            tracing::info!(agent = %identity.name, "subscribed to {pattern}");
-        }
-        tracing::info!(agent = %identity.name, agent_ref = %identity.agent_ref, "Agent '{}' v{} is ready", identity.name, handle.status.version.lock().expect("status lock"));
-        let summary = handle.summary();
-        self.directory.insert(&identity);
-        agents.insert(identity.name.clone(), handle);
-        self.metrics.set_agents(agents.len());
-        Ok(summary)
+        runner::start(parts, Arc::new(manifest), self.config.node.mailbox_capacity).await
     }
 
+    /// Refuses a load that would pass `[engine] max_agents` or reuse the name or id of an
+    /// agent loaded or being loaded.
     fn check_capacity_and_unique(
         &self,
         agents: &HashMap<String, AgentHandle>,
         manifest: &Manifest,
     ) -> anyhow::Result<()> {
-        if agents.len() >= self.config.engine.max_agents as usize {
+        let loading = self.loading.lock().expect("loading lock");
+        if agents.len() + loading.len() >= self.config.engine.max_agents as usize {
             anyhow::bail!(
-                "the node already runs {} agents, its [engine] max_agents; raise it in the node config",
-                agents.len()
+                "the node already runs {} agents (and loads {} more), its [engine] max_agents; raise it in the node config",
+                agents.len(),
+                loading.len()
             );
         }
         let file = manifest
@@ -324,10 +374,15 @@ impl Node {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "<no manifest>".into());
-        if agents.contains_key(&manifest.agent.name) {
+        let name = &manifest.agent.name;
+        if agents.contains_key(name) {
             anyhow::bail!(
-                "manifest {file}: field agent.name: an agent named '{}' is already loaded on this node; choose another name (or --name) or unload it first",
-                manifest.agent.name
+                "manifest {file}: field agent.name: an agent named '{name}' is already loaded on this node; choose another name (or --name) or unload it first"
+            );
+        }
+        if loading.contains_key(name) {
+            anyhow::bail!(
+                "manifest {file}: field agent.name: an agent named '{name}' is being loaded on this node right now; choose another name (or --name), or wait for that load to finish"
             );
         }
         let id = manifest.agent.id.to_string();
@@ -335,6 +390,11 @@ impl Node {
             anyhow::bail!(
                 "manifest {file}: field agent.id: id {id} is already used by agent '{}'; every agent needs its own id (remove the field to generate one)",
                 other.identity.name
+            );
+        }
+        if let Some((other, _)) = loading.iter().find(|(_, loading_id)| **loading_id == id) {
+            anyhow::bail!(
+                "manifest {file}: field agent.id: id {id} is already used by agent '{other}', which is being loaded; every agent needs its own id (remove the field to generate one)"
             );
         }
         Ok(())
@@ -385,6 +445,16 @@ impl Node {
     }
 
     fn unknown_agent(&self, name: &str, agents: &HashMap<String, AgentHandle>) -> anyhow::Error {
+        if self
+            .loading
+            .lock()
+            .expect("loading lock")
+            .contains_key(name)
+        {
+            return anyhow::anyhow!(
+                "agent '{name}' is still being loaded (its init is running); try again once `host load` has answered"
+            );
+        }
         let mut names: Vec<_> = agents.keys().cloned().collect();
         names.sort();
         if names.is_empty() {
@@ -430,6 +500,8 @@ impl Node {
 
     /// Stops every agent (each persists a final snapshot).
     pub async fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         let handles: Vec<AgentHandle> = self.agents.lock().await.drain().map(|(_, h)| h).collect();
         futures::future::join_all(handles.into_iter().map(AgentHandle::stop)).await;
         self.metrics.set_agents(0);
@@ -445,6 +517,35 @@ impl Node {
             .iter()
             .all(|a| a.state == crate::agent::AgentState::Running);
         (ok, list)
+    }
+}
+
+/// A name and id held for a load in progress, released when the load ends either way.
+struct Reservation {
+    loading: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    name: String,
+}
+
+impl Reservation {
+    fn new(loading: &Arc<std::sync::Mutex<HashMap<String, String>>>, manifest: &Manifest) -> Self {
+        let name = manifest.agent.name.clone();
+        loading
+            .lock()
+            .expect("loading lock")
+            .insert(name.clone(), manifest.agent.id.to_string());
+        Reservation {
+            loading: loading.clone(),
+            name,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.loading
+            .lock()
+            .expect("loading lock")
+            .remove(&self.name);
     }
 }
 
@@ -527,7 +628,7 @@ impl Node {
         let green = self.prepare_green(name, component).await?;
         self.controls(name)
             .await?
-            .ask(|reply| Control::Swap(green, reply))
+            .ask(|reply| Control::Swap(Box::new(green), reply))
             .await?
             .map_err(anyhow::Error::msg)
     }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx};
 
-use super::limits::{describe_trap, HostCallWatch, InstanceCounts, LimitHit, Limiter};
+use super::limits::{
+    describe_trap, within_lifecycle_bound, HostCallWatch, InstanceCounts, LimitHit, Limiter,
+};
 use super::native::{NativeFactory, NativeGuest};
 use super::stdio::LogStream;
 use super::{AgentCaps, AgentStore, CpuBudgetExceeded, Turn};
@@ -46,46 +48,57 @@ pub struct InstanceLimits {
     pub host_call_limit: Duration,
     /// Core instances, tables, memories and table elements the instance may create.
     pub counts: InstanceCounts,
+    /// Longest `init`, `version`, and the `restore` of a new instance, may take in all
+    /// (`[defaults] init_timeout_ms`): a load or restart waits on them.
+    pub init_timeout: Duration,
+    /// Longest a `snapshot`, or a `restore` handing a serving agent's state over, may take in
+    /// all (`[defaults] handoff_timeout_ms`): the agent serves nothing meanwhile.
+    pub handoff_timeout: Duration,
 }
+
+const INIT_FIELD: &str = "[defaults] init_timeout_ms";
+const HANDOFF_FIELD: &str = "[defaults] handoff_timeout_ms";
 
 /// A live instance and the store that owns its memory.
 pub struct Live {
     pub store: Store<AgentStore>,
     guest: Guest,
+    limits: InstanceLimits,
 }
 
 /// The `guest` exports; the outer error is a trap (the instance is then unusable). Every
-/// call is bounded: CPU by the epoch deadline, time inside one host call by the watch.
+/// call is bounded: CPU by the epoch deadline, time inside one host call by the watch, and
+/// the lifecycle calls (all but `handle`) by wall time in all.
 impl Live {
     pub async fn call_version(&mut self) -> wasmtime::Result<String> {
         let watch = self.store.data().watch.clone();
-        let Live { store, guest } = self;
-        watch
-            .bound(async move {
-                match guest {
-                    Guest::Wasm(b) => b.agent_host_guest().call_version(store).await,
-                    Guest::Native(n) => Ok(n.version()),
-                }
-            })
-            .await
+        let limit = self.limits.init_timeout;
+        let Live { store, guest, .. } = self;
+        let call = watch.bound(async move {
+            match guest {
+                Guest::Wasm(b) => b.agent_host_guest().call_version(store).await,
+                Guest::Native(n) => Ok(n.version()),
+            }
+        });
+        within_lifecycle_bound("version", limit, INIT_FIELD, call).await
     }
 
     pub async fn call_init(&mut self, me: &AgentRef) -> wasmtime::Result<Result<(), String>> {
         let watch = self.store.data().watch.clone();
-        let Live { store, guest } = self;
-        watch
-            .bound(async move {
-                match guest {
-                    Guest::Wasm(b) => b.agent_host_guest().call_init(store, me).await,
-                    Guest::Native(_) => Ok(Ok(())),
-                }
-            })
-            .await
+        let limit = self.limits.init_timeout;
+        let Live { store, guest, .. } = self;
+        let call = watch.bound(async move {
+            match guest {
+                Guest::Wasm(b) => b.agent_host_guest().call_init(store, me).await,
+                Guest::Native(_) => Ok(Ok(())),
+            }
+        });
+        within_lifecycle_bound("init", limit, INIT_FIELD, call).await
     }
 
     pub async fn call_handle(&mut self, msg: &Message) -> wasmtime::Result<Result<(), String>> {
         let watch = self.store.data().watch.clone();
-        let Live { store, guest } = self;
+        let Live { store, guest, .. } = self;
         watch
             .bound(async move {
                 match guest {
@@ -98,36 +111,61 @@ impl Live {
 
     pub async fn call_snapshot(&mut self) -> wasmtime::Result<Vec<u8>> {
         let watch = self.store.data().watch.clone();
-        let Live { store, guest } = self;
-        watch
-            .bound(async move {
-                match guest {
-                    Guest::Wasm(b) => b.agent_host_guest().call_snapshot(store).await,
-                    Guest::Native(n) => Ok(n.snapshot()),
-                }
-            })
-            .await
+        let limit = self.limits.handoff_timeout;
+        let Live { store, guest, .. } = self;
+        let call = watch.bound(async move {
+            match guest {
+                Guest::Wasm(b) => b.agent_host_guest().call_snapshot(store).await,
+                Guest::Native(n) => Ok(n.snapshot()),
+            }
+        });
+        within_lifecycle_bound("snapshot", limit, HANDOFF_FIELD, call).await
     }
 
+    /// `restore` as a hand-off: a serving agent's state to another of its versions (an
+    /// upgrade, a rollback, a canary), bounded by `[defaults] handoff_timeout_ms`.
     pub async fn call_restore(
         &mut self,
         from_version: &str,
         state: &[u8],
     ) -> wasmtime::Result<Result<(), String>> {
-        let watch = self.store.data().watch.clone();
-        let Live { store, guest } = self;
-        watch
-            .bound(async move {
-                match guest {
-                    Guest::Wasm(b) => {
-                        b.agent_host_guest()
-                            .call_restore(store, from_version, state)
-                            .await
-                    }
-                    Guest::Native(n) => Ok(n.restore(from_version, state)),
-                }
-            })
+        let limit = self.limits.handoff_timeout;
+        self.restore_within(from_version, state, limit, HANDOFF_FIELD)
             .await
+    }
+
+    /// `restore` of a new instance before it serves (a start or a restart from the last
+    /// snapshot), bounded like `init` by `[defaults] init_timeout_ms`.
+    pub async fn call_restore_on_start(
+        &mut self,
+        from_version: &str,
+        state: &[u8],
+    ) -> wasmtime::Result<Result<(), String>> {
+        let limit = self.limits.init_timeout;
+        self.restore_within(from_version, state, limit, INIT_FIELD)
+            .await
+    }
+
+    async fn restore_within(
+        &mut self,
+        from_version: &str,
+        state: &[u8],
+        limit: Duration,
+        field: &'static str,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let watch = self.store.data().watch.clone();
+        let Live { store, guest, .. } = self;
+        let call = watch.bound(async move {
+            match guest {
+                Guest::Wasm(b) => {
+                    b.agent_host_guest()
+                        .call_restore(store, from_version, state)
+                        .await
+                }
+                Guest::Native(n) => Ok(n.restore(from_version, state)),
+            }
+        });
+        within_lifecycle_bound("restore", limit, field, call).await
     }
 }
 
@@ -235,5 +273,9 @@ pub async fn instantiate(
         ),
         Code::Native(factory) => Guest::Native(factory()),
     };
-    Ok(Live { store, guest })
+    Ok(Live {
+        store,
+        guest,
+        limits,
+    })
 }

@@ -27,7 +27,7 @@ use crate::telemetry::AgentMetrics;
 
 mod watch;
 
-pub use watch::{HostCallTooLong, HostCallWatch};
+pub use watch::{within_lifecycle_bound, HostCallTooLong, HostCallWatch, LifecycleTooLong};
 
 /// How many core instances, tables and memories one instance may create, and how many
 /// elements a table may grow to (`[limits]`, node defaults in `[defaults]`). The engine's
@@ -241,6 +241,8 @@ pub enum LimitHit {
     Cpu,
     Stack,
     HostCall,
+    /// `init`, `version`, `snapshot` or `restore` ran past its wall-time bound.
+    Lifecycle,
 }
 
 /// A trap in words an operator can act on (the wasm backtrace stays in the debug log), and
@@ -251,6 +253,9 @@ pub fn describe_trap(trap: &wasmtime::Error, memory_refused: bool) -> (String, O
     }
     if let Some(e) = trap.downcast_ref::<HostCallTooLong>() {
         return (e.to_string(), Some(LimitHit::HostCall));
+    }
+    if let Some(e) = trap.downcast_ref::<LifecycleTooLong>() {
+        return (e.to_string(), Some(LimitHit::Lifecycle));
     }
     if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return (format!("called exit({})", exit.0), None);

@@ -32,7 +32,7 @@ pub enum Control {
     /// Snapshot the state, persist it, and stop.
     Stop(oneshot::Sender<()>),
     /// Hand the state to a new version (already instantiated and initialised).
-    Swap(Green, oneshot::Sender<Result<SwapReport, String>>),
+    Swap(Box<Green>, oneshot::Sender<Result<SwapReport, String>>),
     /// Go back to the version kept warm; `force` accepts losing the state since the swap.
     Rollback {
         force: bool,
@@ -270,13 +270,19 @@ impl Runner {
             .await
             .map_err(|trap| {
                 p.metrics.traps.inc();
-                let (text, _) = live.describe_trap(&trap);
-                anyhow::anyhow!("init of agent '{name}' trapped: {text}")
+                let (text, hit) = live.describe_trap(&trap);
+                match hit {
+                    Some(super::limits::LimitHit::Lifecycle) => {
+                        p.metrics.limits.lifecycle.inc();
+                        anyhow::anyhow!("agent '{name}': {text}")
+                    }
+                    _ => anyhow::anyhow!("init of agent '{name}' trapped: {text}"),
+                }
             })?
             .map_err(|e| anyhow::anyhow!("init of agent '{name}' failed: {e}"))?;
         if let Some((from_version, state)) = &self.last_snapshot {
             live.begin_turn(None, budget);
-            if let Err(e) = live.call_restore(from_version, state).await? {
+            if let Err(e) = live.call_restore_on_start(from_version, state).await? {
                 tracing::warn!(agent = %p.identity.name, "restore of the last snapshot (v{from_version}) failed: {e}; starting from a fresh state");
             }
         }

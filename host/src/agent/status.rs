@@ -157,4 +157,7 @@ pub struct LimitHitCounts {
     /// Table growths refused at `[limits] table_elements` (the agent saw `table.grow` fail).
     #[serde(default)]
     pub table: u64,
+    /// `init`, `version`, `snapshot` or `restore` calls abandoned past their wall-time bound.
+    #[serde(default)]
+    pub lifecycle: u64,
 }

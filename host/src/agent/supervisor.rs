@@ -127,6 +127,7 @@ impl Runner {
             Some(LimitHit::Cpu) => Some(&p.metrics.limits.cpu),
             Some(LimitHit::Stack) => Some(&p.metrics.limits.stack),
             Some(LimitHit::HostCall) => Some(&p.metrics.limits.host_call),
+            Some(LimitHit::Lifecycle) => Some(&p.metrics.limits.lifecycle),
             None => None,
         };
         if let Some(counter) = counter {

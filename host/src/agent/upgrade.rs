@@ -53,7 +53,7 @@ impl Runner {
             Control::Swap(green, reply) => {
                 let _ = reply.send(match &self.canary {
                     Some(_) => Err(self.canary_in_progress()),
-                    None => self.swap(green).await,
+                    None => self.swap(*green).await,
                 });
             }
             Control::Canary(start, reply) => {
@@ -318,7 +318,7 @@ impl Runner {
             .map_err(|e| fail(format!("{e:#}")))?
             .map_err(fail)?;
         live.begin_turn(None, budget);
-        live.call_restore(version, state)
+        live.call_restore_on_start(version, state)
             .await
             .map_err(|e| fail(format!("{e:#}")))?
             .map_err(fail)?;

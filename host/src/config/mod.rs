@@ -154,6 +154,14 @@ pub struct DefaultLimits {
     /// Core instances, tables, memories and table elements for agents whose manifest sets
     /// none; never more than the engine's pool allows per component.
     pub counts: crate::agent::limits::InstanceCounts,
+    /// How long an agent's `init`, `version` and the `restore` of its last snapshot may take
+    /// in all when it is loaded or restarted (ms); past it the load fails (or the restart is
+    /// retried) and the instance is abandoned. Each host call inside is bounded on its own.
+    pub init_timeout_ms: u64,
+    /// How long a `snapshot`, or a `restore` handing a serving agent's state to another of its
+    /// versions (swap, rollback, canary), may take in all (ms): the agent serves nothing
+    /// meanwhile. Past it the upgrade is aborted and the serving version keeps serving.
+    pub handoff_timeout_ms: u64,
 }
 
 /// The message bus backend.
@@ -258,6 +266,8 @@ impl Default for DefaultLimits {
             files_max_bytes: 64 << 20,
             publish_per_second: 1000,
             counts: crate::agent::limits::InstanceCounts::default(),
+            init_timeout_ms: 10_000,
+            handoff_timeout_ms: 1_000,
         }
     }
 }

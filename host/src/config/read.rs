@@ -179,6 +179,8 @@ fn defaults(root: &Section, engine: &EngineSection) -> Result<DefaultLimits, Fie
             "instances",
             "tables",
             "memories",
+            "init_timeout_ms",
+            "handoff_timeout_ms",
         ],
     )?;
     let d = DefaultLimits::default();
@@ -223,6 +225,16 @@ fn defaults(root: &Section, engine: &EngineSection) -> Result<DefaultLimits, Fie
             )?
             .unwrap_or(d.publish_per_second),
         counts: counts(&s, d.counts)?,
+        init_timeout_ms: s
+            .positive("init_timeout_ms", "10000", "no agent could be loaded")?
+            .unwrap_or(d.init_timeout_ms),
+        handoff_timeout_ms: s
+            .positive(
+                "handoff_timeout_ms",
+                "1000",
+                "no snapshot could be taken and no upgrade could hand over state",
+            )?
+            .unwrap_or(d.handoff_timeout_ms),
     })
 }
 

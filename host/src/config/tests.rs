@@ -53,6 +53,8 @@ fn no_file_means_the_documented_defaults() {
             files_max_bytes: 64 << 20,
             publish_per_second: 1000,
             counts: crate::agent::limits::InstanceCounts::default(),
+            init_timeout_ms: 10_000,
+            handoff_timeout_ms: 1_000,
         }
     );
     assert_eq!(c.llm, LlmSection::default());

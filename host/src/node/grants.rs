@@ -48,6 +48,8 @@ impl Node {
             cpu_per_message: Duration::from_millis(cpu),
             host_call_limit,
             counts: crate::agent::limits::counts_for(manifest, &d.counts)?,
+            init_timeout: Duration::from_millis(d.init_timeout_ms),
+            handoff_timeout: Duration::from_millis(d.handoff_timeout_ms),
         })
     }
 

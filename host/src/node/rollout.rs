@@ -314,7 +314,7 @@ impl Node {
             let outcome = match self.green_of(name, compiled.clone(), component).await {
                 Ok(green) => match self.controls(name).await {
                     Ok(c) => c
-                        .ask(|reply| Control::Swap(green, reply))
+                        .ask(|reply| Control::Swap(Box::new(green), reply))
                         .await
                         .and_then(|r| r.map_err(anyhow::Error::msg)),
                     Err(e) => Err(e),

@@ -22,7 +22,7 @@ pub struct AgentLabels {
 }
 
 /// An agent and the limit it ran into (`cpu`, `memory`, `stack`, `host_call`, `files`, `publish_rate`,
-/// `table`).
+/// `table`, `lifecycle`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub agent: String,
@@ -149,10 +149,13 @@ pub struct LimitHits {
     pub publish_rate: Counter,
     /// Table growths refused at `[limits] table_elements`.
     pub table: Counter,
+    /// `init`, `version`, `snapshot` or `restore` calls abandoned past their wall-time bound
+    /// (`[defaults] init_timeout_ms`, `handoff_timeout_ms`).
+    pub lifecycle: Counter,
 }
 
 impl LimitHits {
-    const KINDS: [&'static str; 7] = [
+    const KINDS: [&'static str; 8] = [
         "cpu",
         "memory",
         "stack",
@@ -160,6 +163,7 @@ impl LimitHits {
         "files",
         "publish_rate",
         "table",
+        "lifecycle",
     ];
 
     /// The counts so far, as `host status` shows them.
@@ -172,6 +176,7 @@ impl LimitHits {
             files: self.files.get(),
             publish_rate: self.publish_rate.get(),
             table: self.table.get(),
+            lifecycle: self.lifecycle.get(),
         }
     }
 }
@@ -254,7 +259,7 @@ impl Metrics {
         );
         registry.register(
             "limit_hits",
-            "Times an agent ran into a limit (cpu, memory, stack, host_call, files, publish_rate, table)",
+            "Times an agent ran into a limit (cpu, memory, stack, host_call, files, publish_rate, table, lifecycle)",
             m.limit_hits.clone(),
         );
         registry.register(
@@ -323,6 +328,7 @@ impl Metrics {
                 files: self.limit_hit(&labels, "files"),
                 publish_rate: self.limit_hit(&labels, "publish_rate"),
                 table: self.limit_hit(&labels, "table"),
+                lifecycle: self.limit_hit(&labels, "lifecycle"),
             },
             canary_percent: self.canary_percent.get_or_create(&labels).clone(),
             upgrade_events: self.upgrade_events.clone(),

@@ -35,7 +35,7 @@
 //! Manifest `[config] init = "panic"` makes `init` panic always (the load is refused);
 //! `init = "panic-on-restart"` makes it panic on every start after the first (it leaves a
 //! mark in its KV namespace), so one trap turns into a crash loop. `init = "sleepy"` and
-//! `restore = "sleepy"` make `init` / `restore` loop on short host calls: 40 sleeps of
+//! `restore = "sleepy"` make `init` / `restore` loop on short host calls: 120 sleeps of
 //! 500 ms, each well within any per-call bound.
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -109,9 +109,9 @@ impl Agent for Hostile {
     }
 }
 
-/// 40 host calls of 500 ms each: every one short, 20 s in all.
+/// 120 host calls of 500 ms each: every one short, a minute in all.
 fn sleepy() {
-    for _ in 0..40 {
+    for _ in 0..120 {
         std::thread::sleep(Duration::from_millis(500));
     }
 }

@@ -23,6 +23,35 @@ pub struct HostCallTooLong {
     pub limit: Duration,
 }
 
+/// The trap raised when one of an instance's lifecycle calls (`init`, `version`,
+/// `snapshot`, `restore`) runs longer in all than the node allows. Each of its host calls may
+/// be short (the host-call bound does not fire), yet while it runs the agent serves nothing
+/// (a hand-off) or the load waits (init): so the whole call is bounded by wall time.
+#[derive(Debug, thiserror::Error)]
+#[error("{call} did not finish within {:.1} s ({field}); the instance was abandoned", .limit.as_secs_f64())]
+pub struct LifecycleTooLong {
+    /// The export: `init`, `version`, `snapshot` or `restore`.
+    pub call: &'static str,
+    pub limit: Duration,
+    /// The node config field that sets `limit`.
+    pub field: &'static str,
+}
+
+/// Runs `call`, an export call already bounded by [`HostCallWatch::bound`], for at most
+/// `limit` of wall time in all; past it, the call is dropped (the instance must not be used
+/// again) and [`LifecycleTooLong`] returned.
+pub async fn within_lifecycle_bound<T>(
+    call: &'static str,
+    limit: Duration,
+    field: &'static str,
+    run: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    match tokio::time::timeout(limit, run).await {
+        Ok(result) => result,
+        Err(_) => Err(LifecycleTooLong { call, limit, field }.into()),
+    }
+}
+
 /// Shared between an instance's store and whoever awaits its export calls: how long the
 /// current call has run, and how long it has been waiting, readable while the call is in
 /// progress.
