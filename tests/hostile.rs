@@ -17,6 +17,10 @@ mod references;
 #[path = "hostile/stalls.rs"]
 mod stalls;
 
+/// Headers weigh their framing and are counted; mailboxes are bounded in bytes.
+#[path = "hostile/memory.rs"]
+mod memory;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -205,7 +209,7 @@ async fn attacks_through_the_host_get_errors_and_the_attacker_keeps_its_instance
     let reply = survived(&t, "big-header 100000 hostile.big").await;
     has(
         &reply,
-        &["big-header: refused: invalid: payload is 5 bytes and its headers 100005 bytes; at most 65536 allowed ([limits] max_message_bytes)"],
+        &["big-header: refused: invalid: payload is 5 bytes and its headers 100021 bytes; at most 65536 allowed ([limits] max_message_bytes)"],
     );
     let reply = survived(&t, &format!("other-kv {} secret", victim.id)).await;
     lacks(&reply, &["FOUND", "s3cr3t"]);

@@ -12,7 +12,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_host::bus::{BusError, BusMessage, Subscription, Transport};
+use agent_host::bus::{BusError, BusMessage, MailboxLimits, Subscription, Transport};
 use agent_host::node::Node;
 use agent_host::storage::{CasOutcome, KvBackend, KvEntry, KvError, Quota, Usage};
 use support::{test_config, TestNode};
@@ -85,8 +85,12 @@ impl Transport for HangingBus {
         }
         self.0.publish(msg).await
     }
-    async fn subscribe(&self, pattern: &str, capacity: usize) -> Result<Subscription, BusError> {
-        self.0.subscribe(pattern, capacity).await
+    async fn subscribe_with(
+        &self,
+        pattern: &str,
+        limits: MailboxLimits,
+    ) -> Result<Subscription, BusError> {
+        self.0.subscribe_with(pattern, limits).await
     }
     async fn request(&self, msg: BusMessage, timeout: Duration) -> Result<BusMessage, BusError> {
         if msg.subject.starts_with("hang") {

@@ -20,6 +20,10 @@ mod durable;
 /// Faults with durable agents: server restart, SIGKILL, oversized messages.
 #[path = "nats/faults.rs"]
 mod faults;
+/// The security review's holes where the NATS path differs: references, ids, headers,
+/// mailbox bytes.
+#[path = "nats/hostile.rs"]
+mod hostile;
 /// Storage on JetStream KV.
 #[path = "nats/kv.rs"]
 mod kv;

@@ -95,6 +95,9 @@ pub struct Node {
     loading: Arc<std::sync::Mutex<HashMap<String, String>>>,
     /// Set once [`Node::shutdown`] begins: a load finishing after it stops its agent again.
     stopping: std::sync::atomic::AtomicBool,
+    /// Bytes every agent's mailbox holds together (`[node] mailboxes_max_bytes`); each
+    /// agent's own budget (`mailbox_max_bytes`) draws on it.
+    pub mailboxes: Arc<crate::bus::ByteBudget>,
     /// JetStream durable delivery, on NATS only (the stream is made at the first durable load).
     durable: Option<Arc<crate::agent::durable::DurableDelivery>>,
 }
@@ -172,6 +175,9 @@ impl Node {
             config.defaults.host_call_timeout_ms,
             metrics.clone(),
         )?;
+        let mailboxes = crate::bus::ByteBudget::new(
+            usize::try_from(config.node.mailboxes_max_bytes).unwrap_or(usize::MAX),
+        );
         Ok(Arc::new(Node {
             config,
             engine,
@@ -183,6 +189,7 @@ impl Node {
             agents: tokio::sync::Mutex::new(HashMap::new()),
             loading: Arc::default(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            mailboxes,
             durable,
         }))
     }
@@ -351,7 +358,14 @@ impl Node {
             rollback_window: Duration::from_secs(self.config.node.rollback_window_secs),
             durable: self.durable.clone(),
         };
-        runner::start(parts, Arc::new(manifest), self.config.node.mailbox_capacity).await
+        let mailbox = crate::bus::MailboxLimits {
+            messages: self.config.node.mailbox_capacity,
+            bytes: Some(crate::bus::ByteBudget::within(
+                &self.mailboxes,
+                usize::try_from(self.config.node.mailbox_max_bytes).unwrap_or(usize::MAX),
+            )),
+        };
+        runner::start(parts, Arc::new(manifest), mailbox).await
     }
 
     /// Refuses a load that would pass `[engine] max_agents` or reuse the name or id of an

@@ -1,7 +1,7 @@
 //! The subscriptions the host holds for an agent, and the precedence that drops the second
 //! copy of a message one publish delivered through two of them.
 
-use crate::bus::{BusMessage, Subscription};
+use crate::bus::{BusMessage, MailboxLimits, Subscription};
 use crate::subjects;
 
 use super::durable::DurableInbox;
@@ -69,10 +69,10 @@ impl Inbox {
     pub async fn open(
         parts: &super::runner::RunnerParts,
         subs: &crate::manifest::Subscriptions,
-        capacity: usize,
+        mailbox: MailboxLimits,
     ) -> anyhow::Result<(Inbox, Vec<String>)> {
         if !subs.durable {
-            return Inbox::subscribe(parts, subs, capacity)
+            return Inbox::subscribe(parts, subs, mailbox)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot subscribe: {e}"));
         }
@@ -100,11 +100,13 @@ impl Inbox {
     }
 
     /// Subscribes the patterns the manifest turns on; returns them for the startup log too.
-    /// Each drops into the agent's `mailbox_dropped` as well as the bus-wide count.
+    /// Each holds up to `mailbox.messages` messages, and all of them together share the
+    /// mailbox's byte budget. Each drops into the agent's `mailbox_dropped` as well as the
+    /// bus-wide count.
     async fn subscribe(
         parts: &super::runner::RunnerParts,
         subs: &crate::manifest::Subscriptions,
-        capacity: usize,
+        mailbox: MailboxLimits,
     ) -> Result<(Inbox, Vec<String>), crate::bus::BusError> {
         let identity = &parts.identity;
         let mut patterns = Vec::new();
@@ -112,7 +114,7 @@ impl Inbox {
             if !on {
                 return Ok(None);
             }
-            let sub = parts.bus.subscribe(&pattern, capacity).await?;
+            let sub = parts.bus.subscribe_with(&pattern, mailbox.clone()).await?;
             let dropped = parts.metrics.dropped.clone();
             sub.report_drops_to(move || {
                 dropped.inc();

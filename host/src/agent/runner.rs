@@ -20,7 +20,7 @@ use super::status::{AgentState, AgentStatus, AgentSummary};
 use super::supervisor::Outcome;
 use super::upgrade::{Green, Previous, SwapReport};
 use super::{AgentCaps, Identity};
-use crate::bus::Transport;
+use crate::bus::{BusMessage, Transport};
 use crate::engine::Engine;
 use crate::storage::KvBackend;
 use crate::subjects;
@@ -78,6 +78,8 @@ pub struct AgentHandle {
     code: Code,
     caps: Arc<AgentCaps>,
     limits: InstanceLimits,
+    /// The agent's mailbox byte budget, for `queued_bytes` in its summary.
+    queued: Option<Arc<crate::bus::ByteBudget>>,
     control: mpsc::Sender<Control>,
     task: JoinHandle<()>,
 }
@@ -115,6 +117,7 @@ impl AgentHandle {
             traps: m.traps.get(),
             denied: m.denied.get(),
             dropped: m.dropped.get(),
+            queued_bytes: self.queued.as_ref().map_or(0, |b| b.used() as u64),
             limit_hits: m.limits.counts(),
             restarts: self.status.restarts.load(Ordering::Relaxed),
             dead_lettered: self.status.dead_lettered.load(Ordering::Relaxed),
@@ -172,11 +175,12 @@ impl AgentControls {
 pub async fn start(
     parts: RunnerParts,
     manifest: Arc<crate::manifest::Manifest>,
-    mailbox_capacity: usize,
+    mailbox: crate::bus::MailboxLimits,
 ) -> anyhow::Result<AgentHandle> {
     let mut runner = Runner::new(parts).await?;
+    let queued = mailbox.bytes.clone();
     let (inbox, subscriptions) =
-        Inbox::open(&runner.parts, &manifest.subscriptions, mailbox_capacity).await?;
+        Inbox::open(&runner.parts, &manifest.subscriptions, mailbox).await?;
     let (control_tx, control_rx) = mpsc::channel(4);
     let identity = runner.parts.identity.clone();
     runner
@@ -198,6 +202,7 @@ pub async fn start(
         code,
         caps,
         limits,
+        queued,
         control: control_tx,
         task,
     })
@@ -361,6 +366,11 @@ impl Runner {
                     continue;
                 }
             }
+            if msg.headers.len() > crate::bus::MAX_HEADERS {
+                let overloaded = Box::pin(self.refuse_overloaded(msg));
+                overloaded.await;
+                continue;
+            }
             if let Some(id) = msg.header(subjects::MSG_ID_HEADER) {
                 if !self.seen.first_time(id) {
                     self.parts.metrics.duplicates.inc();
@@ -387,6 +397,21 @@ impl Runner {
                 p.identity.agent_ref
             );
         }
+    }
+
+    /// Dead-letters, without handing it to `handle`, a message with more headers than any
+    /// agent accepts ([`crate::bus::MAX_HEADERS`]): one from a client the bus let through
+    /// (a NATS server bounds only their bytes). Lowered into the agent's memory, enough of
+    /// them make it run out and trap, losing its state since the last snapshot. The copy in
+    /// the dead-letter subject keeps the payload and says how many headers there were.
+    pub(super) async fn refuse_overloaded(&mut self, mut msg: BusMessage) {
+        let why = format!(
+            "the message has {} headers; agents accept at most {} (its headers are not kept here)",
+            msg.headers.len(),
+            crate::bus::MAX_HEADERS
+        );
+        msg.headers.clear();
+        self.dead_letter(msg, &why).await;
     }
 
     /// Takes a snapshot (kept for restarts after a trap); returns it encoded for persisting.

@@ -117,9 +117,13 @@ pub struct AgentSummary {
     pub errors: u64,
     pub traps: u64,
     pub denied: u64,
-    /// Messages lost because the agent's mailbox was full (`[node] mailbox_capacity`).
+    /// Messages lost because the agent's mailbox was full (`[node] mailbox_capacity`,
+    /// `mailbox_max_bytes`, or the node's `mailboxes_max_bytes`).
     #[serde(default)]
     pub dropped: u64,
+    /// Bytes (payloads and headers) waiting in the agent's mailbox now.
+    #[serde(default)]
+    pub queued_bytes: u64,
     /// Limits the agent ran into since it was loaded.
     #[serde(default)]
     pub limit_hits: LimitHitCounts,

@@ -16,8 +16,8 @@ use tokio::sync::oneshot;
 
 use super::trie::Routes;
 use super::{
-    subscription_channel, BusError, BusMessage, BusState, Delivery, Sink, Subscription, Transport,
-    DEFAULT_MAX_PAYLOAD,
+    check_headers, message_bytes, subscription_channel, BusError, BusMessage, BusState, Delivery,
+    MailboxLimits, Sink, Subscription, Transport, DEFAULT_MAX_PAYLOAD, MAX_HEADERS,
 };
 use crate::subjects;
 
@@ -102,9 +102,16 @@ impl Shared {
         if let Some(reply_to) = &msg.reply_to {
             subjects::validate_subject(reply_to).map_err(BusError::InvalidSubject)?;
         }
-        if msg.payload.len() > self.max_payload {
+        // The same rules as a NATS server: headers count toward the payload limit, and only
+        // headers it would carry are taken, so an agent behaves alike on both buses.
+        if !msg.headers.is_empty() {
+            let headers = msg.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            check_headers(headers, MAX_HEADERS).map_err(BusError::InvalidHeaders)?;
+        }
+        let size = message_bytes(msg);
+        if size > self.max_payload {
             return Err(BusError::TooLarge {
-                size: msg.payload.len(),
+                size,
                 max: self.max_payload,
             });
         }
@@ -193,10 +200,14 @@ impl Transport for EmbeddedBus {
         self.publish_now(msg).map(drop)
     }
 
-    async fn subscribe(&self, pattern: &str, capacity: usize) -> Result<Subscription, BusError> {
+    async fn subscribe_with(
+        &self,
+        pattern: &str,
+        limits: MailboxLimits,
+    ) -> Result<Subscription, BusError> {
         subjects::validate_pattern(pattern).map_err(BusError::InvalidSubject)?;
         let id = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
-        let (sink, sub) = subscription_channel(pattern, capacity);
+        let (sink, sub) = subscription_channel(pattern, limits);
         self.shared.write_routes().insert(pattern, id, sink);
         let bus: Weak<Shared> = Arc::downgrade(&self.shared);
         let pattern = pattern.to_string();

@@ -8,11 +8,15 @@
 //! silently.
 
 mod embedded;
+mod mailbox;
 pub mod nats;
+mod size;
 mod trie;
 
 pub use embedded::EmbeddedBus;
+pub use mailbox::{ByteBudget, MailboxLimits};
 pub use nats::{NatsBus, NatsOptions};
+pub use size::{check_headers, header_bytes, message_bytes, MAX_HEADERS};
 pub use trie::Routes;
 
 use std::fmt;
@@ -81,6 +85,8 @@ impl BusMessage {
 pub enum BusError {
     #[error("invalid subject: {0}")]
     InvalidSubject(String),
+    #[error("invalid headers: {0}")]
+    InvalidHeaders(String),
     #[error("no responders: nothing subscribes to '{0}'")]
     NoResponders(String),
     #[error("no reply arrived before the timeout")]
@@ -102,7 +108,19 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Subscribes; messages arrive on the returned Subscription. `capacity` bounds its
     /// buffer: when full, new messages for it are dropped and counted.
-    async fn subscribe(&self, pattern: &str, capacity: usize) -> Result<Subscription, BusError>;
+    async fn subscribe(&self, pattern: &str, capacity: usize) -> Result<Subscription, BusError> {
+        self.subscribe_with(pattern, MailboxLimits::messages(capacity))
+            .await
+    }
+
+    /// [`Transport::subscribe`] with its buffer bounded by `limits`: a count and, when
+    /// given, a byte budget (shared by an agent's subscriptions and drawn from the node's);
+    /// a message that does not fit either is dropped and counted.
+    async fn subscribe_with(
+        &self,
+        pattern: &str,
+        limits: MailboxLimits,
+    ) -> Result<Subscription, BusError>;
 
     /// Publishes with a fresh reply inbox and waits for the first reply. NoResponders at
     /// once when nothing subscribes to the subject (NATS does this too), Timeout after
@@ -182,12 +200,27 @@ impl Subscription {
     /// The next message; `None` once the bus has shut down. Cancel-safe, so it can sit in a
     /// `select!` without losing messages.
     pub async fn next(&mut self) -> Option<BusMessage> {
-        self.rx.recv().await
+        let msg = self.rx.recv().await;
+        self.taken(msg)
     }
 
     /// A message already buffered, if any, without waiting.
     pub fn try_next(&mut self) -> Option<BusMessage> {
-        self.rx.try_recv().ok()
+        let msg = self.rx.try_recv().ok();
+        self.taken(msg)
+    }
+
+    /// Gives a message's bytes back to the budget it was queued under.
+    fn taken(&self, msg: Option<BusMessage>) -> Option<BusMessage> {
+        if let (Some(budget), Some(m)) = (&self.stats.bytes, &msg) {
+            budget.give_back(message_bytes(m));
+        }
+        msg
+    }
+
+    /// Bytes this subscription's budget holds now (with the others sharing it), if it has one.
+    pub fn queued_bytes(&self) -> Option<usize> {
+        self.stats.bytes.as_ref().map(|b| b.used())
     }
 
     /// Also reports each message this subscription loses to `on_drop` (an agent's
@@ -224,6 +257,11 @@ impl Drop for Subscription {
         if let Some(unsubscribe) = self.unsubscribe.take() {
             unsubscribe();
         }
+        // What is still queued gives its bytes back; later deliveries find it closed.
+        self.rx.close();
+        while let Ok(m) = self.rx.try_recv() {
+            self.taken(Some(m));
+        }
     }
 }
 
@@ -238,14 +276,15 @@ impl fmt::Debug for Subscription {
 
 /// A pair of a [`Sink`] the transport delivers into and the [`Subscription`] the subscriber
 /// reads from; every transport builds its subscriptions this way so slow-consumer
-/// accounting is the same on all of them. A `capacity` of 0 is taken as 1.
-pub(crate) fn subscription_channel(pattern: &str, capacity: usize) -> (Sink, Subscription) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
+/// accounting is the same on all of them. A capacity of 0 messages is taken as 1.
+pub(crate) fn subscription_channel(pattern: &str, limits: MailboxLimits) -> (Sink, Subscription) {
+    let (tx, rx) = mpsc::channel(limits.messages.max(1));
     let stats = Arc::new(SinkStats {
         pattern: pattern.to_string(),
         dropped: AtomicU64::new(0),
         warnings: WarnGate::new(),
         also_report: OnceLock::new(),
+        bytes: limits.bytes,
     });
     let sink = Sink {
         tx,
@@ -279,18 +318,38 @@ pub(crate) struct Sink {
 }
 
 impl Sink {
-    /// Hands `msg` over without waiting. A full buffer drops it and counts the drop here and
-    /// in `global` (the transport-wide count behind [`Transport::dropped`]).
+    /// Hands `msg` over without waiting. A full buffer, or a spent byte budget, drops it and
+    /// counts the drop here and in `global` (the transport-wide count behind
+    /// [`Transport::dropped`]).
     pub(crate) fn deliver(&self, msg: BusMessage, global: &AtomicU64) -> Delivery {
+        let Some(budget) = &self.stats.bytes else {
+            return match self.tx.try_send(msg) {
+                Ok(()) => Delivery::Sent,
+                Err(mpsc::error::TrySendError::Full(_)) => self.drop_one(global),
+                Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+            };
+        };
+        let bytes = message_bytes(&msg);
+        if !budget.try_take(bytes) {
+            return self.drop_one(global);
+        }
         match self.tx.try_send(msg) {
             Ok(()) => Delivery::Sent,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                global.fetch_add(1, Ordering::Relaxed);
-                self.stats.note_drop();
-                Delivery::Dropped
+                budget.give_back(bytes);
+                self.drop_one(global)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                budget.give_back(bytes);
+                Delivery::Closed
+            }
         }
+    }
+
+    fn drop_one(&self, global: &AtomicU64) -> Delivery {
+        global.fetch_add(1, Ordering::Relaxed);
+        self.stats.note_drop();
+        Delivery::Dropped
     }
 
     pub(crate) fn pattern(&self) -> &str {
@@ -305,6 +364,8 @@ struct SinkStats {
     warnings: WarnGate,
     /// Where else a drop is reported (see [`Subscription::report_drops_to`]).
     also_report: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// The byte budget queued messages draw on, if any.
+    bytes: Option<Arc<ByteBudget>>,
 }
 
 impl fmt::Debug for SinkStats {
@@ -386,7 +447,7 @@ mod tests {
 
     #[test]
     fn a_slow_consumer_is_reported_at_most_once_per_second() {
-        let (sink, _sub) = subscription_channel("a.>", 1);
+        let (sink, _sub) = subscription_channel("a.>", MailboxLimits::messages(1));
         let gate = &sink.stats.warnings;
         assert!(gate.due_at(0), "the first drop is reported at once");
         assert!(!gate.due_at(10));
@@ -398,7 +459,7 @@ mod tests {
     #[test]
     fn a_drop_is_also_reported_to_the_agent_that_lost_it() {
         let global = AtomicU64::new(0);
-        let (sink, sub) = subscription_channel("a.>", 1);
+        let (sink, sub) = subscription_channel("a.>", MailboxLimits::messages(1));
         let agent = Arc::new(AtomicU64::new(0));
         let counted = agent.clone();
         sub.report_drops_to(move || {
@@ -414,7 +475,7 @@ mod tests {
     #[test]
     fn a_full_buffer_drops_and_counts_and_a_gone_reader_is_reported_closed() {
         let global = AtomicU64::new(0);
-        let (sink, sub) = subscription_channel("a.>", 0);
+        let (sink, sub) = subscription_channel("a.>", MailboxLimits::messages(0));
         assert_eq!(
             sink.deliver(BusMessage::new("a.1", ""), &global),
             Delivery::Sent

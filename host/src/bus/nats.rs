@@ -28,8 +28,8 @@ use futures::future::Either;
 use futures::{FutureExt, StreamExt};
 
 use super::{
-    subscription_channel, BusError, BusMessage, BusState, Delivery, Subscription, Transport,
-    WarnGate,
+    subscription_channel, BusError, BusMessage, BusState, Delivery, MailboxLimits, Subscription,
+    Transport, WarnGate, MAX_HEADERS,
 };
 use crate::bounded::within;
 use crate::subjects;
@@ -186,6 +186,13 @@ impl NatsBus {
         if let Some(reply_to) = &msg.reply_to {
             subjects::validate_subject(reply_to).map_err(BusError::InvalidSubject)?;
         }
+        // The sender stamp is one of them, as on the embedded bus.
+        let count = msg.headers.len() + usize::from(sender.is_some());
+        if count > MAX_HEADERS {
+            return Err(BusError::InvalidHeaders(format!(
+                "the message has {count} headers; at most {MAX_HEADERS} are allowed per message"
+            )));
+        }
         let size = msg.payload.len() + encoded_header_len(&msg.headers, sender);
         let max = self.client.max_payload();
         if size > max {
@@ -331,7 +338,11 @@ impl Transport for NatsBus {
         self.send(msg, Some(sender)).await
     }
 
-    async fn subscribe(&self, pattern: &str, capacity: usize) -> Result<Subscription, BusError> {
+    async fn subscribe_with(
+        &self,
+        pattern: &str,
+        limits: MailboxLimits,
+    ) -> Result<Subscription, BusError> {
         subjects::validate_pattern(pattern).map_err(BusError::InvalidSubject)?;
         let subscribe = self.client.subscribe(pattern.to_string());
         let mut incoming = match tokio::time::timeout(self.shared.send_timeout, subscribe).await {
@@ -345,7 +356,7 @@ impl Transport for NatsBus {
             Err(_) => return Err(self.unreachable("subscribe")),
         };
         self.confirm(&format!("subscription to '{pattern}'")).await;
-        let (sink, sub) = subscription_channel(pattern, capacity);
+        let (sink, sub) = subscription_channel(pattern, limits);
         let shared = self.shared.clone();
         let feeder = tokio::spawn(async move {
             while let Some(m) = incoming.next().await {

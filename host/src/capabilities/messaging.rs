@@ -16,7 +16,11 @@ use super::{deny, HostResult};
 use crate::agent::{AgentStore, Identity, Turn};
 use crate::bindings::agent::host::messaging::{self, AgentTarget, Destination, OutgoingRequest};
 use crate::bindings::{Header, Message, WitError};
-use crate::bus::{BusError, BusMessage, Transport};
+use crate::bus::{BusError, BusMessage, Transport, MAX_HEADERS};
+
+/// Headers an agent may set on one message: the bus carries [`MAX_HEADERS`], and the host
+/// adds the sender's `Agent-Ref`.
+pub const MAX_AGENT_HEADERS: usize = MAX_HEADERS - 1;
 use crate::manifest::MessagingGrants;
 use crate::subjects;
 use crate::telemetry::AgentMetrics;
@@ -91,9 +95,21 @@ impl MessagingCtx {
     }
 
     /// Bounds what one message carries, headers included: the bytes the host copied out
-    /// of the agent for it are forwarded to the bus only when they fit.
+    /// of the agent for it are forwarded to the bus only when they fit. Headers are counted
+    /// (at most [`MAX_AGENT_HEADERS`]) and weigh what they take on the wire, framing included (see
+    /// [`crate::bus::header_bytes`]), so many empty headers are not free.
     fn check_size(&self, headers: &[Header], payload: &[u8]) -> Result<(), WitError> {
-        let header_bytes: usize = headers.iter().map(|h| h.key.len() + h.value.len()).sum();
+        if !headers.is_empty() {
+            let pairs = headers.iter().map(|h| (h.key.as_str(), h.value.as_str()));
+            crate::bus::check_headers(pairs, MAX_AGENT_HEADERS).map_err(|e| {
+                WitError::Invalid(format!(
+                    "{e} (the host adds one more, the sender's {})",
+                    subjects::SENDER_HEADER
+                ))
+            })?;
+        }
+        let header_bytes =
+            crate::bus::header_bytes(headers.iter().map(|h| (h.key.as_str(), h.value.as_str())));
         if payload.len().saturating_add(header_bytes) > self.max_message_bytes {
             let headers = if header_bytes > 0 {
                 format!(" and its headers {header_bytes} bytes")
@@ -336,7 +352,7 @@ pub fn bus_error(e: BusError, subject: &str) -> WitError {
         BusError::NoResponders(_) => {
             WitError::Unavailable(format!("nothing subscribes to '{subject}' (no responders)"))
         }
-        BusError::InvalidSubject(why) => WitError::Invalid(why),
+        BusError::InvalidSubject(why) | BusError::InvalidHeaders(why) => WitError::Invalid(why),
         BusError::TooLarge { size, max } => WitError::Invalid(format!(
             "message is {size} bytes; the bus accepts at most {max}"
         )),

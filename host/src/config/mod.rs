@@ -101,6 +101,12 @@ pub struct NodeSection {
     pub dedup_window: usize,
     /// Messages queued per agent before new ones are dropped and counted.
     pub mailbox_capacity: usize,
+    /// Bytes (payloads and headers) queued per agent, over all its subscriptions, before new
+    /// messages are dropped and counted like a full mailbox.
+    pub mailbox_max_bytes: u64,
+    /// Bytes queued in every agent's mailbox on this node together, before new messages are
+    /// dropped and counted: what many busy agents may hold at once.
+    pub mailboxes_max_bytes: u64,
     /// How long the version an upgrade replaced stays warm for `host rollback` (seconds).
     pub rollback_window_secs: u64,
     /// How soon KV writes and snapshots reach the disk (ms); 0 flushes every write. A crash
@@ -231,6 +237,8 @@ impl Default for NodeSection {
             max_traps_per_message: 3,
             dedup_window: 1024,
             mailbox_capacity: 4096,
+            mailbox_max_bytes: 16 << 20,
+            mailboxes_max_bytes: 256 << 20,
             rollback_window_secs: 600,
             kv_sync_ms: 100,
             conversation_header: crate::agent::canary::DEFAULT_CONVERSATION_HEADER.to_string(),

@@ -75,12 +75,31 @@ fn node(root: &Section, source: Option<&Path>) -> Result<NodeSection, FieldError
             "max_traps_per_message",
             "dedup_window",
             "mailbox_capacity",
+            "mailbox_max_bytes",
+            "mailboxes_max_bytes",
             "rollback_window_secs",
             "kv_sync_ms",
             "conversation_header",
         ],
     )?;
     let d = NodeSection::default();
+    let no_room = "every message would be dropped";
+    let mailbox_max_bytes = s
+        .positive_bytes("mailbox_max_bytes", no_room)?
+        .unwrap_or(d.mailbox_max_bytes);
+    let mailboxes_max_bytes = s
+        .positive_bytes("mailboxes_max_bytes", no_room)?
+        .unwrap_or(d.mailboxes_max_bytes);
+    if mailboxes_max_bytes < mailbox_max_bytes {
+        return Err(s.error(
+            "mailboxes_max_bytes",
+            format!(
+                "{} is less than one agent's mailbox_max_bytes ({}); expected the node's total to be at least one mailbox",
+                format_bytes(mailboxes_max_bytes),
+                format_bytes(mailbox_max_bytes)
+            ),
+        ));
+    }
     let name = s.string("name", "\"node-1\"")?.unwrap_or(d.name);
     validate_name(&name).map_err(|e| s.error("name", e))?;
     let data_dir = match path(&s, "data_dir", "\"data\"", source)? {
@@ -110,6 +129,8 @@ fn node(root: &Section, source: Option<&Path>) -> Result<NodeSection, FieldError
         mailbox_capacity: s
             .positive("mailbox_capacity", "4096", "every message would be dropped")?
             .unwrap_or(d.mailbox_capacity),
+        mailbox_max_bytes,
+        mailboxes_max_bytes,
         rollback_window_secs: s
             .uint("rollback_window_secs", "600")?
             .unwrap_or(d.rollback_window_secs),

@@ -32,6 +32,12 @@ impl Runner {
             inbox.done.first_time(&seq);
             return true;
         }
+        if d.msg.headers.len() > crate::bus::MAX_HEADERS {
+            self.refuse_overloaded(d.msg).await;
+            acknowledge(&agent, &d.acker, AckKind::Term).await;
+            inbox.done.first_time(&seq);
+            return true;
+        }
         let s = inbox.settings.clone();
         if d.delivered > s.max_deliver {
             let why = format!(

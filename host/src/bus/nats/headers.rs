@@ -22,7 +22,7 @@ pub(super) fn to_nats_headers(
     let mut map = HeaderMap::new();
     if let Some(sender) = sender {
         if has_line_break(sender) {
-            return Err(BusError::InvalidSubject(format!(
+            return Err(BusError::InvalidHeaders(format!(
                 "the sender stamp {sender:?} has a line break, which NATS cannot carry"
             )));
         }
@@ -47,18 +47,18 @@ pub(super) fn to_nats_headers(
                 .bytes()
                 .fold(false, |bad, b| bad | !b.is_ascii_graphic() | (b == b':'));
         if bad_key {
-            return Err(BusError::InvalidSubject(format!(
+            return Err(BusError::InvalidHeaders(format!(
                 "header name {key:?} is not allowed on NATS: names are non-empty, printable ASCII, without ':' or whitespace"
             )));
         }
         if has_line_break(&value) {
-            return Err(BusError::InvalidSubject(format!(
+            return Err(BusError::InvalidHeaders(format!(
                 "header {key:?} has a line break in its value, which NATS cannot carry"
             )));
         }
         // Moved, not copied: the name's bytes become the client's, the value is a String.
         let name = HeaderName::try_from(key).map_err(|e| {
-            BusError::InvalidSubject(format!("header name not allowed on NATS: {e}"))
+            BusError::InvalidHeaders(format!("header name not allowed on NATS: {e}"))
         })?;
         let value = checked_header_value(value);
         if names_unique {
