@@ -38,6 +38,10 @@ async fn health_and_metrics_are_served_over_http() {
     assert!(body.contains("agent_host_agents 1"), "{body}");
     assert!(body.contains("agent_host_bus_connected 1"), "{body}");
     assert!(body.contains("agent_host_resident_memory_bytes"), "{body}");
+    assert!(
+        body.contains("agent_host_mailboxes_queued_bytes 0"),
+        "{body}"
+    );
     task.abort();
     t.stop().await;
 }

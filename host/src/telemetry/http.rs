@@ -47,6 +47,7 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     node.metrics.set_bus_state(&node.bus.state());
+    node.metrics.set_mailboxes_queued(node.mailboxes.used());
     (
         [(
             header::CONTENT_TYPE,

@@ -79,6 +79,7 @@ pub struct Metrics {
     bus_dropped: Gauge<u64, AtomicU64>,
     bus_connected: Gauge,
     bus_reconnects: Gauge<u64, AtomicU64>,
+    mailboxes_queued: Gauge<u64, AtomicU64>,
     /// LLM calls, tokens, queue waits and breaker states (see [`LlmFamilies`]).
     pub llm: LlmFamilies,
 }
@@ -210,6 +211,7 @@ impl Metrics {
             bus_dropped: Gauge::default(),
             bus_connected: Gauge::default(),
             bus_reconnects: Gauge::default(),
+            mailboxes_queued: Gauge::default(),
             llm: LlmFamilies::default(),
         };
         registry.register(
@@ -298,6 +300,11 @@ impl Metrics {
             "Times the node's NATS connection was re-established since start",
             m.bus_reconnects.clone(),
         );
+        registry.register(
+            "mailboxes_queued_bytes",
+            "Bytes waiting in every agent mailbox of the node together ([node] mailboxes_max_bytes bounds it)",
+            m.mailboxes_queued.clone(),
+        );
         m.llm.register(&mut registry);
         *m.registry.lock().expect("metrics registry lock") = registry;
         m
@@ -385,6 +392,11 @@ impl Metrics {
         self.bus_dropped.set(state.dropped);
         self.bus_connected.set(i64::from(state.connected));
         self.bus_reconnects.set(state.reconnects);
+    }
+
+    /// Sets the bytes waiting in the node's mailboxes (read when the metrics are scraped).
+    pub fn set_mailboxes_queued(&self, bytes: usize) {
+        self.mailboxes_queued.set(bytes as u64);
     }
 
     /// The Prometheus text exposition of every metric.
