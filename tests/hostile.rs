@@ -8,6 +8,8 @@ mod support;
 /// The CPU budget charges CPU: neither the wait for a turn nor a busy machine.
 #[path = "hostile/cpu.rs"]
 mod cpu;
+#[path = "hostile/logs.rs"]
+mod logs;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

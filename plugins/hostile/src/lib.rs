@@ -25,6 +25,9 @@
 //! - `env`: reads the environment, arguments and working directory via std.
 //! - `net [ADDR]`: opens TCP and UDP sockets and resolves a name via std.
 //! - `sleep MS`: blocks in a WASI clock call (a host call) for MS milliseconds.
+//! - `log TEXT`: logs TEXT (raw: newlines, ESC and all) with `runtime.log`; replies
+//!   `logged TEXT`.
+//! - `print TEXT`: writes TEXT and a newline to stdout (raw), which the host logs by line.
 //!
 //! Manifest `[config] init = "panic"` makes `init` panic always (the load is refused);
 //! `init = "panic-on-restart"` makes it panic on every start after the first (it leaves a
@@ -81,6 +84,15 @@ impl Agent for Hostile {
                 let ms: u64 = rest.trim().parse().unwrap_or(60_000);
                 std::thread::sleep(Duration::from_millis(ms));
                 format!("slept {ms} ms")
+            }
+            // The node's log and the operator's terminal (tests/hostile/logs.rs).
+            "log" => {
+                runtime::info(rest);
+                format!("logged {rest}")
+            }
+            "print" => {
+                println!("{rest}");
+                "printed".to_string()
             }
             other => return Err(AgentError::new(format!("unknown attack '{other}'"))),
         };
