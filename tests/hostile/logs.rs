@@ -1,15 +1,23 @@
-//! The node's log: whatever text an agent writes, it cannot forge a log line or put a
-//! terminal escape into the log.
+//! The node's log: an agent cannot flood it with denied calls (they are logged as a
+//! sample), and whatever text it writes, it cannot forge a log line or put a terminal escape
+//! into the log.
 //!
 //! Each test runs a real `host run` process whose stderr (its log) goes to a file, and the
 //! real `host` client verbs.
 
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
 use super::{has, ATTACK, HOSTILE, MACHINE};
 use crate::support::{plugin, stderr, stdout, NodeProcess};
 
-/// `hostile` as tests/hostile.rs loads it.
+/// A million denied calls, one message: ~6 s of CPU in a debug build (2-core machine).
+const DENIALS: u64 = 1_000_000;
+
+/// `hostile` with a CPU budget that lets a million denied calls finish even on a busy
+/// machine.
 fn logger() -> String {
-    HOSTILE.to_string()
+    HOSTILE.replace("cpu_ms_per_message = 50", "cpu_ms_per_message = 60000")
 }
 
 /// A `host run` process (its log in a file, /metrics on a free port) with `hostile`
@@ -35,6 +43,27 @@ fn ask(node: &NodeProcess, text: &str, secs: u64) -> String {
     stdout(&out)
 }
 
+/// The node's Prometheus metrics, from the address its log announces.
+fn metrics(node: &NodeProcess) -> String {
+    let log = node.log_text();
+    let url = log
+        .split("http://")
+        .find_map(|s| s.split_once("/metrics").map(|(addr, _)| addr))
+        .expect("the node logs where its metrics are");
+    let mut stream = std::net::TcpStream::connect(url).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {url}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
 /// Asserts that no character that drives a terminal or breaks a line is in `text` raw,
 /// but line breaks.
 fn no_raw_controls(what: &str, text: &str) {
@@ -43,6 +72,22 @@ fn no_raw_controls(what: &str, text: &str) {
         .filter(|c| agent_host::escape::is_hazard(*c) && *c != '\n')
         .collect();
     assert!(raw.is_empty(), "{what} has raw {raw:?}:\n{text}");
+}
+
+/// The number in `line` just before `marker` (41 in "(41 more denied calls").
+fn number_before(line: &str, marker: &str) -> u64 {
+    let head = &line[..line
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker:?} in {line}"))];
+    let digits: String = head
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let digits: String = digits.chars().rev().collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("a number before {marker:?} in {line}"))
 }
 
 #[test]
@@ -75,6 +120,67 @@ fn agent_text_cannot_forge_a_log_line_or_put_terminal_escapes_in_the_log() {
             ),
             "INFO stdout\\u{1b}]0;owned\\u{7} text\\rover agent=hostile stream=\"stdout\"",
         ],
+    );
+    assert!(node.stop().success());
+}
+
+#[test]
+fn a_denial_flood_is_counted_in_full_but_logged_as_a_sample() {
+    let _shared = MACHINE.blocking_read();
+    let node = node_with_logger();
+    let started = Instant::now();
+    let reply = ask(&node, &format!("deny-flood {DENIALS}"), 120);
+    assert_eq!(
+        reply.trim(),
+        format!("deny-flood: {DENIALS} of {DENIALS} denied")
+    );
+    // One more, over a second later: its line says how many were not logged before it.
+    std::thread::sleep(Duration::from_millis(1100));
+    has(&ask(&node, "forbidden agent.secret.last", 5), &["denied"]);
+    let seconds = started.elapsed().as_secs();
+    let all = DENIALS + 1;
+
+    let status = stdout(&node.host(&["status", "hostile"]));
+    has(&status, &[&format!("{all} denied calls")]);
+    has(
+        &metrics(&node),
+        &[&format!(
+            "agent_host_denied_calls_total{{agent=\"hostile\",cluster=\"default\"}} {all}"
+        )],
+    );
+
+    let log = node.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("denied: agent 'hostile' may not publish"))
+        .collect();
+    assert!(
+        lines.len() >= 2 && lines.len() as u64 <= seconds + 1,
+        "{} lines for {all} denials in {seconds} s: the first, then one a second at most:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    assert!(
+        !lines[0].contains("not logged"),
+        "the first as it is: {}",
+        lines[0]
+    );
+    let last = lines.last().unwrap();
+    has(last, &["agent.secret.last", &format!("; {all} in all")]);
+    let unlogged: u64 = lines[1..]
+        .iter()
+        .map(|l| {
+            number_before(
+                l,
+                " more denied calls since the previous line were not logged",
+            )
+        })
+        .sum();
+    assert_eq!(
+        unlogged + lines.len() as u64,
+        all,
+        "each line says how many were not logged since the previous one:\n{}",
+        lines.join("\n")
     );
     assert!(node.stop().success());
 }

@@ -94,6 +94,9 @@ pub struct AgentMetrics {
     pub traps: Counter,
     /// Host calls the manifest refused.
     pub denied: Counter,
+    /// Which denied calls are logged: every one is counted in `denied`, a sample is logged
+    /// (one a second), so a flood of denied calls cannot flood the log.
+    pub denial_log: Arc<super::sample::LogSample>,
     /// Messages dropped because the agent's mailbox was full.
     pub dropped: Counter,
     /// Messages dropped as duplicates (same message id seen twice).
@@ -299,6 +302,7 @@ impl Metrics {
             errors: self.errors.get_or_create(&labels).clone(),
             traps: self.traps.get_or_create(&labels).clone(),
             denied: self.denied.get_or_create(&labels).clone(),
+            denial_log: Arc::default(),
             dropped: self.dropped.get_or_create(&labels).clone(),
             duplicates: self.duplicates.get_or_create(&labels).clone(),
             durable_paired_late: self.paired_late.get_or_create(&labels).clone(),

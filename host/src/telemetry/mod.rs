@@ -4,6 +4,7 @@ pub mod fields;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod sample;
 
 pub use metrics::{AgentMetrics, Metrics};
 

@@ -28,6 +28,7 @@
 //! - `log TEXT`: logs TEXT (raw: newlines, ESC and all) with `runtime.log`; replies
 //!   `logged TEXT`.
 //! - `print TEXT`: writes TEXT and a newline to stdout (raw), which the host logs by line.
+//! - `deny-flood N`: N publishes its manifest does not grant; replies how many were denied.
 //!
 //! Manifest `[config] init = "panic"` makes `init` panic always (the load is refused);
 //! `init = "panic-on-restart"` makes it panic on every start after the first (it leaves a
@@ -94,6 +95,7 @@ impl Agent for Hostile {
                 println!("{rest}");
                 "printed".to_string()
             }
+            "deny-flood" => deny_flood(rest.trim().parse().unwrap_or(1_000_000)),
             other => return Err(AgentError::new(format!("unknown attack '{other}'"))),
         };
         msg.reply(outcome)
@@ -172,6 +174,19 @@ fn flood(args: &[&str]) -> String {
         None => format!("flood: published {sent} of {n}"),
         Some(e) => format!("flood: published {sent} of {n}; first error: {e}"),
     }
+}
+
+/// `n` publishes to a subject no manifest of the tests grants: each is a denied host call.
+fn deny_flood(n: u64) -> String {
+    let mut denied = 0u64;
+    for _ in 0..n {
+        if let Err(e) = messaging::publish("agent.secret.flood", "") {
+            if e.message().starts_with("denied:") {
+                denied += 1;
+            }
+        }
+    }
+    format!("deny-flood: {denied} of {n} denied")
 }
 
 fn big(args: &[&str]) -> String {
