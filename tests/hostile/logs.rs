@@ -1,6 +1,6 @@
-//! The node's log: an agent cannot flood it with denied calls (they are logged as a
-//! sample), and whatever text it writes, it cannot forge a log line or put a terminal escape
-//! into the log.
+//! The node's log: an agent cannot flood it (denied calls are logged as a sample, its own
+//! lines are bounded by `[limits] log_lines_per_second`), and whatever text it writes, it
+//! cannot forge a log line or put a terminal escape into the log.
 //!
 //! Each test runs a real `host run` process whose stderr (its log) goes to a file, and the
 //! real `host` client verbs.
@@ -15,9 +15,14 @@ use crate::support::{plugin, stderr, stdout, NodeProcess};
 const DENIALS: u64 = 1_000_000;
 
 /// `hostile` with a CPU budget that lets a million denied calls finish even on a busy
-/// machine.
+/// machine, and a log rate of 50 lines a second.
 fn logger() -> String {
-    HOSTILE.replace("cpu_ms_per_message = 50", "cpu_ms_per_message = 60000")
+    HOSTILE
+        .replace("cpu_ms_per_message = 50", "cpu_ms_per_message = 60000")
+        .replace(
+            "publish_per_second = 100\n",
+            "publish_per_second = 100\nlog_lines_per_second = 50\n",
+        )
 }
 
 /// A `host run` process (its log in a file, /metrics on a free port) with `hostile`
@@ -182,5 +187,58 @@ fn a_denial_flood_is_counted_in_full_but_logged_as_a_sample() {
         "each line says how many were not logged since the previous one:\n{}",
         lines.join("\n")
     );
+    assert!(node.stop().success());
+}
+
+#[test]
+fn an_agents_log_flood_is_bounded_and_counted_as_log_rate() {
+    let _shared = MACHINE.blocking_read();
+    let node = node_with_logger();
+    let (said, printed) = (5_000u64, 1_000u64);
+    let started = Instant::now();
+    assert_eq!(
+        ask(&node, &format!("say {said}"), 30).trim(),
+        "say: wrote 5000 lines"
+    );
+    // One stdout write of many lines: each line counts.
+    let many = "printed-line\n".repeat(printed as usize - 1) + "printed-line";
+    assert_eq!(ask(&node, &format!("print {many}"), 30).trim(), "printed");
+    let seconds = started.elapsed().as_secs() + 1;
+
+    let log = node.log_text();
+    let logged_say = log
+        .lines()
+        .filter(|l| l.contains(" INFO say ") && l.ends_with(" agent=hostile"))
+        .count() as u64;
+    let logged_print = log
+        .lines()
+        .filter(|l| l.contains(" INFO printed-line agent=hostile stream=\"stdout\""))
+        .count() as u64;
+    let logged = logged_say + logged_print;
+    assert!(
+        logged >= 50 && logged <= 50 + 50 * seconds,
+        "one second's worth (50) and what the rate refilled in {seconds} s: {logged_say} + {logged_print}"
+    );
+    let dropped = said + printed - logged;
+    has(
+        &stdout(&node.host(&["status", "hostile"])),
+        &[&format!(", {dropped} log lines over the log rate")],
+    );
+    has(
+        &metrics(&node),
+        &[&format!(
+            "agent_host_limit_hits_total{{agent=\"hostile\",cluster=\"default\",limit=\"log_rate\"}} {dropped}"
+        )],
+    );
+    let notes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("log lines dropped: agent 'hostile' writes more than 50 lines per second ([limits] log_lines_per_second)"))
+        .collect();
+    assert!(
+        !notes.is_empty() && notes.len() as u64 <= seconds,
+        "the first drop at once, then a note a second at most ({seconds} s):\n{}",
+        notes.join("\n")
+    );
+    has(notes[0], &["; 1 dropped since the previous note, 1 in all"]);
     assert!(node.stop().success());
 }

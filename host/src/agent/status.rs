@@ -157,4 +157,7 @@ pub struct LimitHitCounts {
     /// Table growths refused at `[limits] table_elements` (the agent saw `table.grow` fail).
     #[serde(default)]
     pub table: u64,
+    /// Log lines (`runtime.log`, stdout, stderr) dropped over `[limits] log_lines_per_second`.
+    #[serde(default)]
+    pub log_rate: u64,
 }

@@ -4,6 +4,7 @@
 pub mod files;
 pub mod kv;
 pub mod llm;
+pub mod log_rate;
 pub mod messaging;
 pub mod rate;
 pub mod runtime;

@@ -22,7 +22,7 @@ pub struct AgentLabels {
 }
 
 /// An agent and the limit it ran into (`cpu`, `memory`, `stack`, `host_call`, `files`, `publish_rate`,
-/// `table`).
+/// `table`, `log_rate`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub agent: String,
@@ -148,10 +148,13 @@ pub struct LimitHits {
     pub publish_rate: Counter,
     /// Table growths refused at `[limits] table_elements`.
     pub table: Counter,
+    /// Log lines of the agent (`runtime.log`, stdout, stderr) dropped over
+    /// `[limits] log_lines_per_second`.
+    pub log_rate: Counter,
 }
 
 impl LimitHits {
-    const KINDS: [&'static str; 7] = [
+    const KINDS: [&'static str; 8] = [
         "cpu",
         "memory",
         "stack",
@@ -159,6 +162,7 @@ impl LimitHits {
         "files",
         "publish_rate",
         "table",
+        "log_rate",
     ];
 
     /// The counts so far, as `host status` shows them.
@@ -171,6 +175,7 @@ impl LimitHits {
             files: self.files.get(),
             publish_rate: self.publish_rate.get(),
             table: self.table.get(),
+            log_rate: self.log_rate.get(),
         }
     }
 }
@@ -247,7 +252,7 @@ impl Metrics {
         );
         registry.register(
             "limit_hits",
-            "Times an agent ran into a limit (cpu, memory, stack, host_call, files, publish_rate, table)",
+            "Times an agent ran into a limit (cpu, memory, stack, host_call, files, publish_rate, table, log_rate)",
             m.limit_hits.clone(),
         );
         registry.register(
@@ -316,6 +321,7 @@ impl Metrics {
                 files: self.limit_hit(&labels, "files"),
                 publish_rate: self.limit_hit(&labels, "publish_rate"),
                 table: self.limit_hit(&labels, "table"),
+                log_rate: self.limit_hit(&labels, "log_rate"),
             },
             canary_percent: self.canary_percent.get_or_create(&labels).clone(),
             upgrade_events: self.upgrade_events.clone(),

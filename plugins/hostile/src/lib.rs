@@ -28,6 +28,7 @@
 //! - `log TEXT`: logs TEXT (raw: newlines, ESC and all) with `runtime.log`; replies
 //!   `logged TEXT`.
 //! - `print TEXT`: writes TEXT and a newline to stdout (raw), which the host logs by line.
+//! - `say N`: N `runtime.log` lines, as fast as it can; replies how many it wrote.
 //! - `deny-flood N`: N publishes its manifest does not grant; replies how many were denied.
 //!
 //! Manifest `[config] init = "panic"` makes `init` panic always (the load is refused);
@@ -95,6 +96,7 @@ impl Agent for Hostile {
                 println!("{rest}");
                 "printed".to_string()
             }
+            "say" => say(rest.trim().parse().unwrap_or(1_000)),
             "deny-flood" => deny_flood(rest.trim().parse().unwrap_or(1_000_000)),
             other => return Err(AgentError::new(format!("unknown attack '{other}'"))),
         };
@@ -174,6 +176,13 @@ fn flood(args: &[&str]) -> String {
         None => format!("flood: published {sent} of {n}"),
         Some(e) => format!("flood: published {sent} of {n}; first error: {e}"),
     }
+}
+
+fn say(lines: u64) -> String {
+    for i in 0..lines {
+        runtime::info(&format!("say {i}"));
+    }
+    format!("say: wrote {lines} lines")
 }
 
 /// `n` publishes to a subject no manifest of the tests grants: each is a denied host call.
