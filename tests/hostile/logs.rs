@@ -1,6 +1,7 @@
-//! The node's log: an agent cannot flood it (denied calls are logged as a sample, its own
-//! lines are bounded by `[limits] log_lines_per_second`), and whatever text it writes, it
-//! cannot forge a log line or put a terminal escape into the log.
+//! The node's log and the operator's terminal: an agent cannot flood the log (denied calls
+//! are logged as a sample, its own lines are bounded by `[limits] log_lines_per_second`),
+//! forge a log line, or drive the terminal of whoever reads the log or runs `host status`,
+//! `host list` or `host load` — whatever text it writes, returns or fails with.
 //!
 //! Each test runs a real `host run` process whose stderr (its log) goes to a file, and the
 //! real `host` client verbs.
@@ -8,7 +9,7 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use super::{has, ATTACK, HOSTILE, MACHINE};
+use super::{has, lacks, ATTACK, HOSTILE, MACHINE};
 use crate::support::{plugin, stderr, stdout, NodeProcess};
 
 /// A million denied calls, one message: ~6 s of CPU in a debug build (2-core machine).
@@ -240,5 +241,75 @@ fn an_agents_log_flood_is_bounded_and_counted_as_log_rate() {
         notes.join("\n")
     );
     has(notes[0], &["; 1 dropped since the previous note, 1 in all"]);
+    assert!(node.stop().success());
+}
+
+#[test]
+fn texts_an_agent_controls_reach_the_operators_terminal_escaped() {
+    let _shared = MACHINE.blocking_read();
+    let node = node_with_logger();
+    let attack = "bad\x1b[2J\u{9b}31m\u{202e}news\nfake";
+    let sent = node.host(&["send", ATTACK, &format!("fail {attack}")]);
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    let escaped = "bad\\u{1b}[2J\\u{9b}31m\\u{202e}news\\nfake";
+
+    // `host status`: the agent's last error, escaped, on one line.
+    let mut status = stdout(&node.host(&["status", "hostile"]));
+    for _ in 0..100 {
+        if status.contains("last error") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        status = stdout(&node.host(&["status", "hostile"]));
+    }
+    no_raw_controls("host status", &status);
+    has(
+        &status,
+        &[&format!("last error handle {ATTACK}: {escaped}\n")],
+    );
+
+    // `host list --json` / `host status --json`: still JSON, nothing raw in it.
+    for verb in [&["list", "--json"][..], &["status", "hostile", "--json"]] {
+        let json = stdout(&node.host(verb));
+        no_raw_controls(&verb.join(" "), &json);
+        has(&json, &["bad\\u001b[2J\\u009b31m\\u202enews\\nfake"]);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let error = value
+            .pointer("/0/last_error")
+            .or(value.pointer("/agent/last_error"));
+        let expected = format!("handle {ATTACK}: {attack}");
+        assert_eq!(
+            error.and_then(|e| e.as_str()),
+            Some(expected.as_str()),
+            "{verb:?}: the same values"
+        );
+    }
+    let list = stdout(&node.host(&["list"]));
+    no_raw_controls("host list", &list);
+    has(&list, &["hostile"]);
+
+    // A failed `host load`: the init error is the agent's text.
+    let manifest = node.dir.path().join("broken.toml");
+    let broken = logger().replace("name = \"hostile\"", "name = \"broken\"")
+        + "[config]\ninit = \"fail \\u001b]0;owned\\u0007 init refused\\r\"\n";
+    std::fs::write(&manifest, broken).unwrap();
+    let load = node.host(&[
+        "load",
+        plugin("hostile").to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]);
+    assert!(!load.status.success(), "the load is refused");
+    assert!(!load.stderr.contains(&0x1b) && !load.stdout.contains(&0x1b));
+    let err = stderr(&load);
+    no_raw_controls("host load's error", &err);
+    has(
+        &err,
+        &[
+            "init of agent 'broken' failed",
+            "\\u{1b}]0;owned\\u{7} init refused\\r",
+        ],
+    );
+    lacks(&node.log_text(), &["\x1b"]);
     assert!(node.stop().success());
 }

@@ -30,10 +30,12 @@
 //! - `print TEXT`: writes TEXT and a newline to stdout (raw), which the host logs by line.
 //! - `say N`: N `runtime.log` lines, as fast as it can; replies how many it wrote.
 //! - `deny-flood N`: N publishes its manifest does not grant; replies how many were denied.
+//! - `fail TEXT`: `handle` returns an error with TEXT (raw), the agent's last error.
 //!
 //! Manifest `[config] init = "panic"` makes `init` panic always (the load is refused);
 //! `init = "panic-on-restart"` makes it panic on every start after the first (it leaves a
-//! mark in its KV namespace), so one trap turns into a crash loop.
+//! mark in its KV namespace), so one trap turns into a crash loop; `init = "fail TEXT"`
+//! makes `init` return an error with TEXT (the load is refused with it).
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -53,6 +55,9 @@ impl Agent for Hostile {
                     panic!("hostile init panics on every restart");
                 }
                 kv::set("booted", "yes")?;
+            }
+            Some(init) if init.starts_with("fail ") => {
+                return Err(AgentError::new(&init["fail ".len()..]));
             }
             _ => {}
         }
@@ -98,6 +103,7 @@ impl Agent for Hostile {
             }
             "say" => say(rest.trim().parse().unwrap_or(1_000)),
             "deny-flood" => deny_flood(rest.trim().parse().unwrap_or(1_000_000)),
+            "fail" => return Err(AgentError::new(rest)),
             other => return Err(AgentError::new(format!("unknown attack '{other}'"))),
         };
         msg.reply(outcome)
