@@ -8,6 +8,8 @@ mod support;
 /// The CPU budget charges CPU: neither the wait for a turn nor a busy machine.
 #[path = "hostile/cpu.rs"]
 mod cpu;
+#[path = "hostile/logs.rs"]
+mod logs;
 
 /// A reference or a message id an agent makes up reaches no one it does not name.
 #[path = "hostile/references.rs"]

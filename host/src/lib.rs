@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod engine;
+pub mod escape;
 pub mod fuzzing;
 pub mod llm;
 pub mod manifest;

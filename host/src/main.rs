@@ -9,7 +9,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let cli = agent_host::cli::Cli::parse();
     if let Err(e) = agent_host::cli::main(cli) {
-        eprintln!("error: {e:#}");
+        // The error may carry an agent's text (an init error, a wave's failure): no control
+        // character of it reaches the terminal raw.
+        eprintln!(
+            "error: {}",
+            agent_host::escape::for_block(&format!("{e:#}"))
+        );
         std::process::exit(1);
     }
 }

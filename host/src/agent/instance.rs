@@ -207,8 +207,8 @@ pub async fn instantiate(
 ) -> anyhow::Result<Live> {
     let name = caps.runtime.identity.name.clone();
     let mut wasi = WasiCtx::builder();
-    wasi.stdout(LogStream::new(&name, "stdout"))
-        .stderr(LogStream::new(&name, "stderr"))
+    wasi.stdout(LogStream::new(&caps.runtime.log_rate, "stdout"))
+        .stderr(LogStream::new(&caps.runtime.log_rate, "stderr"))
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);

@@ -164,4 +164,7 @@ pub struct LimitHitCounts {
     /// `init`, `version`, `snapshot` or `restore` calls abandoned past their wall-time bound.
     #[serde(default)]
     pub lifecycle: u64,
+    /// Log lines (`runtime.log`, stdout, stderr) dropped over `[limits] log_lines_per_second`.
+    #[serde(default)]
+    pub log_rate: u64,
 }

@@ -1,4 +1,6 @@
-//! An agent's stdout and stderr, line by line, into the host's log tagged with the agent.
+//! An agent's stdout and stderr, line by line, into the host's log tagged with the agent,
+//! within its `[limits] log_lines_per_second` (shared with `runtime.log`; see
+//! [`crate::capabilities::log_rate`]).
 
 use std::io;
 use std::pin::Pin;
@@ -8,19 +10,22 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+use crate::capabilities::log_rate::LogRate;
+
 /// Longest line kept before it is flushed anyway.
 const MAX_LINE: usize = 16 * 1024;
 
 #[derive(Clone)]
 pub struct LogStream {
-    agent: Arc<str>,
+    rate: Arc<LogRate>,
     stream: &'static str,
 }
 
 impl LogStream {
-    pub fn new(agent: &str, stream: &'static str) -> LogStream {
+    /// The agent's `stream` ("stdout" or "stderr"), its lines taken from `rate`.
+    pub fn new(rate: &Arc<LogRate>, stream: &'static str) -> LogStream {
         LogStream {
-            agent: Arc::from(agent),
+            rate: rate.clone(),
             stream,
         }
     }
@@ -48,12 +53,16 @@ struct LineWriter {
 
 impl LineWriter {
     fn emit(&self, line: &[u8]) {
+        if !self.target.rate.admit() {
+            return;
+        }
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
+        let agent = self.target.rate.agent();
         if self.target.stream == "stderr" {
-            tracing::warn!(agent = %self.target.agent, stream = "stderr", "{text}");
+            tracing::warn!(agent = %agent, stream = "stderr", "{text}");
         } else {
-            tracing::info!(agent = %self.target.agent, stream = "stdout", "{text}");
+            tracing::info!(agent = %agent, stream = "stdout", "{text}");
         }
     }
 

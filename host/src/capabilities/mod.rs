@@ -4,6 +4,7 @@
 pub mod files;
 pub mod kv;
 pub mod llm;
+pub mod log_rate;
 pub mod messaging;
 pub mod rate;
 pub mod runtime;
@@ -30,14 +31,27 @@ impl types::Host for AgentStore {}
 /// bugs only); the inner one is the agent's to handle.
 pub type HostResult<T> = wasmtime::Result<Result<T, WitError>>;
 
-/// Logs and counts a refused call, and builds the `denied` error the agent receives.
+/// Counts a refused call, logs a sample of them, and builds the `denied` error the agent
+/// receives.
+///
+/// Every denial is counted (`agent_host_denied_calls_total`); only the first, then at most
+/// one a second per agent, is logged, saying how many were not since the previous line: one
+/// message can make a million denied calls, and a line for each flooded the log.
 pub(crate) fn deny(
     identity: &crate::agent::Identity,
     metrics: &crate::telemetry::AgentMetrics,
     why: String,
 ) -> WitError {
     metrics.denied.inc();
-    tracing::warn!(agent = %identity.name, "denied: {why}");
+    match metrics.denial_log.sample() {
+        None => {}
+        Some(0) => tracing::warn!(agent = %identity.name, "denied: {why}"),
+        Some(unlogged) => tracing::warn!(
+            agent = %identity.name,
+            "denied: {why} ({unlogged} more denied calls since the previous line were not logged; {} in all, see agent_host_denied_calls_total)",
+            metrics.denied.get()
+        ),
+    }
     WitError::Denied(why)
 }
 
@@ -52,4 +66,31 @@ pub(crate) fn timed_out(agent: &str, what: &str, limit: std::time::Duration) -> 
         limit.as_millis()
     );
     WitError::Timeout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_denial_is_counted_and_only_a_sample_is_logged() {
+        let metrics = crate::telemetry::Metrics::new().for_agent("a", "default");
+        let identity = crate::agent::Identity::new("default", "a", "0");
+        let log = crate::telemetry::fields::log_of(|| {
+            for _ in 0..10_000 {
+                let e = deny(&identity, &metrics, "agent 'a' may not".to_string());
+                assert!(matches!(e, WitError::Denied(why) if why == "agent 'a' may not"));
+            }
+        });
+        assert_eq!(metrics.denied.get(), 10_000, "every one counted");
+        let lines: Vec<&str> = log.lines().collect();
+        assert!(
+            (1..=2).contains(&lines.len()),
+            "the first at once, then at most one a second: {log}"
+        );
+        assert!(
+            lines[0].ends_with("denied: agent 'a' may not agent=a"),
+            "{log}"
+        );
+    }
 }

@@ -1,8 +1,11 @@
 //! `agent:host/runtime`: who the agent is, its manifest config, logging, the clock.
 //!
-//! No grant needed: everything here is the agent's own.
+//! No grant needed: everything here is the agent's own. Its log lines are bounded by
+//! `[limits] log_lines_per_second` (see [`super::log_rate`]) and escaped by the node's log
+//! formatter (see [`crate::telemetry::fields`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::{HasData, Linker};
@@ -17,6 +20,8 @@ pub const MAX_LOG_LINE: usize = 16 * 1024;
 pub struct RuntimeCtx {
     pub identity: Identity,
     pub config: BTreeMap<String, String>,
+    /// The agent's log-line budget, shared with its stdout and stderr.
+    pub log_rate: Arc<super::log_rate::LogRate>,
 }
 
 pub struct RuntimeView<'a> {
@@ -45,6 +50,17 @@ impl runtime::Host for RuntimeView<'_> {
     }
 
     async fn log(&mut self, level: Level, text: String) -> wasmtime::Result<()> {
+        // Only lines the node's log filter lets through are charged to the log rate.
+        let shown = match level {
+            Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+            Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+            Level::Info => tracing::enabled!(tracing::Level::INFO),
+            Level::Warn => tracing::enabled!(tracing::Level::WARN),
+            Level::Error => tracing::enabled!(tracing::Level::ERROR),
+        };
+        if !shown || !self.ctx.log_rate.admit() {
+            return Ok(());
+        }
         let text = if text.len() > MAX_LOG_LINE {
             let mut cut = MAX_LOG_LINE;
             while !text.is_char_boundary(cut) {

@@ -2,6 +2,7 @@
 //! node's control API, except `check`, which needs no node.
 
 mod check;
+mod output;
 mod run;
 mod upgrade;
 mod verbs;

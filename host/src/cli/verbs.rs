@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::output::{print_json, print_line, print_payload, push_line};
 use super::Command;
 use crate::agent::canary::{CanaryStarted, CanaryStatus};
 use crate::agent::upgrade::SwapReport;
@@ -45,12 +46,12 @@ pub async fn client_verb(command: Command) -> anyhow::Result<()> {
                 .call(&Request::Load(req))
                 .await?;
             let agent: AgentSummary = summary(value)?;
-            println!(
+            print_line(format_args!(
                 "loaded '{}' v{} as {}.{}.{}",
                 agent.name, agent.version, agent.cluster, agent.name, agent.id
-            );
+            ));
             for s in &agent.subscriptions {
-                println!("  subscribed to {s}");
+                print_line(format_args!("  subscribed to {s}"));
             }
         }
         Command::Unload { agent, control } => {
@@ -60,7 +61,7 @@ pub async fn client_verb(command: Command) -> anyhow::Result<()> {
                     name: agent.clone(),
                 })
                 .await?;
-            println!("unloaded '{agent}'");
+            print_line(format_args!("unloaded '{agent}'"));
         }
         Command::Upgrade { args, control } => {
             let req = super::upgrade::request(&args).map_err(anyhow::Error::msg)?;
@@ -80,24 +81,28 @@ pub async fn client_verb(command: Command) -> anyhow::Result<()> {
                 .call(&Request::Rollback { name: agent, force })
                 .await?;
             let r: SwapReport = serde_json::from_value(value)?;
-            print!(
-                "rolled back '{}' v{} -> v{} (paused {} us)",
-                r.agent, r.from_version, r.to_version, r.pause_us
-            );
-            if r.lost_messages > 0 {
-                print!(
+            let lost = if r.lost_messages > 0 {
+                format!(
                     "; forced: the effects of {} message(s) handled by v{} were lost",
                     r.lost_messages, r.from_version
-                );
-            }
-            println!();
+                )
+            } else {
+                String::new()
+            };
+            print_line(format_args!(
+                "rolled back '{}' v{} -> v{} (paused {} us){lost}",
+                r.agent, r.from_version, r.to_version, r.pause_us
+            ));
         }
         Command::Promote { agent, control } => {
             let value = ControlClient::connect(&control.path())
                 .await?
                 .call(&Request::Promote { name: agent })
                 .await?;
-            println!("{}", value["text"].as_str().unwrap_or_default());
+            print_line(format_args!(
+                "{}",
+                value["text"].as_str().unwrap_or_default()
+            ));
         }
         Command::List { json, control } => {
             let value = ControlClient::connect(&control.path())
@@ -105,9 +110,9 @@ pub async fn client_verb(command: Command) -> anyhow::Result<()> {
                 .call(&Request::List)
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                print_json(&value)?;
             } else {
-                print_table(&value);
+                print!("{}", table(&value));
             }
         }
         Command::Health { json, control } => {
@@ -117,7 +122,7 @@ pub async fn client_verb(command: Command) -> anyhow::Result<()> {
                 .await?;
             let report: crate::telemetry::health::HealthReport = serde_json::from_value(value)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                print_json(&report)?;
             } else {
                 print!("{}", report.to_text());
             }
@@ -135,9 +140,9 @@ pub async fn client_verb(command: Command) -> anyhow::Result<()> {
                 .call(&Request::Status { name: agent })
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                print_json(&value)?;
             } else {
-                print_status(&value);
+                print!("{}", status(&value));
             }
         }
         Command::Send {
@@ -170,10 +175,7 @@ pub async fn client_verb(command: Command) -> anyhow::Result<()> {
                 .await?;
             if wait_ms.is_some() {
                 let reply: Reply = serde_json::from_value(value)?;
-                use std::io::Write;
-                let mut out = std::io::stdout();
-                out.write_all(&reply.payload)?;
-                out.write_all(b"\n")?;
+                print_payload(&reply.payload)?;
             }
         }
         Command::Run { .. } | Command::Check { .. } => unreachable!("handled in cli::main"),
@@ -185,25 +187,25 @@ fn print_upgrade(req: &Request, value: Value) -> anyhow::Result<()> {
     match req {
         Request::Upgrade { canary: None, .. } => {
             let r: SwapReport = serde_json::from_value(value)?;
-            println!(
+            print_line(format_args!(
                 "upgraded '{}' v{} -> v{} ({} bytes of state, paused {} us); v{} kept warm for {} s: `host rollback {}` or `host promote {}`",
                 r.agent, r.from_version, r.to_version, r.state_bytes, r.pause_us, r.from_version, r.rollback_window_secs, r.agent, r.agent
-            );
+            ));
         }
         Request::Upgrade { .. } => {
             let s: CanaryStarted = serde_json::from_value(value)?;
             let gates: Vec<String> = s.plan.gates.iter().map(ToString::to_string).collect();
-            println!(
+            print_line(format_args!(
                 "canary of '{}' started: v{} -> v{} on {}% of conversations, then {:?} every {} ms while gates hold ({}); watch with `host status {}`, stop with `host rollback {}` or `host promote {}`",
                 s.agent, s.from_version, s.to_version, s.plan.steps[0], s.plan.steps, s.plan.interval.as_millis(), gates.join(", "), s.agent, s.agent, s.agent
-            );
+            ));
         }
         _ => {
             let r: WaveReport = serde_json::from_value(value)?;
             for w in &r.waves {
-                println!("{}", w.text);
+                print_line(format_args!("{}", w.text));
             }
-            println!("{}", r.text);
+            print_line(format_args!("{}", r.text));
             if !r.completed {
                 anyhow::bail!("{}", r.text);
             }
@@ -224,99 +226,213 @@ fn summary(value: Value) -> anyhow::Result<AgentSummary> {
         .map_err(|e| anyhow::anyhow!("unexpected answer from the node: {e}"))
 }
 
-fn print_table(value: &Value) {
+/// `host list` as a table, one line per agent, each escaped (an agent picks its version).
+fn table(value: &Value) -> String {
+    let mut out = String::new();
     let Some(agents) = value.as_array() else {
-        return;
+        return out;
     };
     if agents.is_empty() {
-        println!("no agents loaded (load one with `host load plugin.wasm`)");
-        return;
+        push_line(
+            &mut out,
+            format_args!("no agents loaded (load one with `host load plugin.wasm`)"),
+        );
+        return out;
     }
-    println!(
-        "{:<20} {:<18} {:<10} {:<11} {:>9} {:>7} {:>6} {:>7}",
-        "NAME", "CLUSTER", "VERSION", "STATE", "HANDLED", "ERRORS", "TRAPS", "DENIED"
+    push_line(
+        &mut out,
+        format_args!(
+            "{:<20} {:<18} {:<10} {:<11} {:>9} {:>7} {:>6} {:>7}",
+            "NAME", "CLUSTER", "VERSION", "STATE", "HANDLED", "ERRORS", "TRAPS", "DENIED"
+        ),
     );
     for a in agents {
         let s = |k: &str| a[k].as_str().unwrap_or("").to_string();
         let n = |k: &str| a[k].as_u64().unwrap_or(0);
-        println!(
-            "{:<20} {:<18} {:<10} {:<11} {:>9} {:>7} {:>6} {:>7}",
-            s("name"),
-            s("cluster"),
-            s("version"),
-            s("state"),
-            n("handled"),
-            n("errors"),
-            n("traps"),
-            n("denied")
+        push_line(
+            &mut out,
+            format_args!(
+                "{:<20} {:<18} {:<10} {:<11} {:>9} {:>7} {:>6} {:>7}",
+                s("name"),
+                s("cluster"),
+                s("version"),
+                s("state"),
+                n("handled"),
+                n("errors"),
+                n("traps"),
+                n("denied")
+            ),
         );
     }
+    out
 }
 
-fn print_status(value: &Value) {
+/// `host status` as text: every line escaped, since the agent controls its version, its
+/// errors and (through them) its events; the grants block keeps its line breaks.
+fn status(value: &Value) -> String {
+    let mut out = String::new();
+    let o = &mut out;
     let a = &value["agent"];
     let s = |k: &str| a[k].as_str().unwrap_or("").to_string();
     let n = |k: &str| a[k].as_u64().unwrap_or(0);
-    println!("agent      {}.{}.{}", s("cluster"), s("name"), s("id"));
-    println!("version    {}  (sha256 {})", s("version"), s("digest"));
-    println!("state      {}", s("state"));
-    println!(
-        "messages   {} handled, {} errors, {} traps, {} denied calls, {} restarts, {} dead-lettered, {} dropped (mailbox full)",
-        n("handled"),
-        n("errors"),
-        n("traps"),
-        n("denied"),
-        n("restarts"),
-        n("dead_lettered"),
-        n("dropped")
+    push_line(
+        o,
+        format_args!("agent      {}.{}.{}", s("cluster"), s("name"), s("id")),
+    );
+    push_line(
+        o,
+        format_args!("version    {}  (sha256 {})", s("version"), s("digest")),
+    );
+    push_line(o, format_args!("state      {}", s("state")));
+    push_line(
+        o,
+        format_args!(
+            "messages   {} handled, {} errors, {} traps, {} denied calls, {} restarts, {} dead-lettered, {} dropped (mailbox full), {} bytes waiting",
+            n("handled"),
+            n("errors"),
+            n("traps"),
+            n("denied"),
+            n("restarts"),
+            n("dead_lettered"),
+            n("dropped"),
+            n("queued_bytes")
+        ),
     );
     let hits = |k: &str| a["limit_hits"][k].as_u64().unwrap_or(0);
-    println!(
-        "limits     {} over CPU budget, {} memory growths refused, {} stack overflows, {} blocked host calls, {} file writes refused, {} messages over the publish rate, {} table growths refused",
-        hits("cpu"),
-        hits("memory"),
-        hits("stack"),
-        hits("host_call"),
-        hits("files"),
-        hits("publish_rate"),
-        hits("table")
+    push_line(
+        o,
+        format_args!(
+            "limits     {} over CPU budget, {} memory growths refused, {} stack overflows, {} blocked host calls, {} file writes refused, {} messages over the publish rate, {} table growths refused, {} log lines over the log rate, {} lifecycle calls over their time bound",
+            hits("cpu"),
+            hits("memory"),
+            hits("stack"),
+            hits("host_call"),
+            hits("files"),
+            hits("publish_rate"),
+            hits("table"),
+            hits("log_rate"),
+            hits("lifecycle")
+        ),
     );
     if let Some(subs) = a["subscriptions"].as_array() {
         for sub in subs {
-            println!("listens    {}", sub.as_str().unwrap_or(""));
+            push_line(o, format_args!("listens    {}", sub.as_str().unwrap_or("")));
         }
     }
     if let Some(p) = a["previous_version"].as_str() {
-        println!("warm       v{p} (kept for `host rollback`)");
+        push_line(
+            o,
+            format_args!("warm       v{p} (kept for `host rollback`)"),
+        );
     }
     if let Ok(Some(c)) = serde_json::from_value::<Option<CanaryStatus>>(a["canary"].clone()) {
-        println!(
-            "strategy   canary v{} -> v{}: {}% of conversations on v{} (steps {:?}, a check every {} ms); {} failed check(s) in a row",
-            c.blue_version, c.green_version, c.percent, c.green_version, c.steps, c.interval_ms, c.failed_checks
+        push_line(
+            o,
+            format_args!(
+                "strategy   canary v{} -> v{}: {}% of conversations on v{} (steps {:?}, a check every {} ms); {} failed check(s) in a row",
+                c.blue_version, c.green_version, c.percent, c.green_version, c.steps, c.interval_ms, c.failed_checks
+            ),
         );
-        println!(
-            "canary     {} messages on v{}, {} on v{}; {} state hand-offs, {:.0} us each",
-            c.blue_messages,
-            c.blue_version,
-            c.green_messages,
-            c.green_version,
-            c.switches,
-            c.switch_us_mean
+        push_line(
+            o,
+            format_args!(
+                "canary     {} messages on v{}, {} on v{}; {} state hand-offs, {:.0} us each",
+                c.blue_messages,
+                c.blue_version,
+                c.green_messages,
+                c.green_version,
+                c.switches,
+                c.switch_us_mean
+            ),
         );
         for r in &c.last_check {
-            println!("gate       {r}");
+            push_line(o, format_args!("gate       {r}"));
         }
     }
     if let Some(e) = a["last_error"].as_str() {
-        println!("last error {e}");
+        push_line(o, format_args!("last error {e}"));
     }
     if let Some(events) = a["events"].as_array() {
         for e in events {
-            println!("event      {}", e["text"].as_str().unwrap_or_default());
+            push_line(
+                o,
+                format_args!("event      {}", e["text"].as_str().unwrap_or_default()),
+            );
         }
     }
     if let Some(g) = value["grants"].as_str() {
-        println!();
-        println!("{g}");
+        out.push('\n');
+        out.push_str(&crate::escape::for_block(g));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const HOSTILE_TEXT: &str = "1.0\x1b]0;owned\x07\u{9b}2J\nfake line\r\u{202e}";
+
+    /// Asserts `out` has `lines` lines and no control character but line breaks and the
+    /// tabs of a block that may have them.
+    fn assert_no_raw_controls(out: &str, lines: usize) {
+        assert_eq!(out.lines().count(), lines, "{out}");
+        assert!(
+            !out.chars()
+                .any(|c| crate::escape::is_hazard(c) && c != '\n' && c != '\t'),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_version_an_agent_chose_is_shown_escaped_in_the_list() {
+        let list = json!([{"name": "evil", "cluster": "default", "version": HOSTILE_TEXT, "state": "running"}]);
+        let out = table(&list);
+        assert_no_raw_controls(&out, 2);
+        assert!(
+            out.contains("1.0\\u{1b}]0;owned\\u{7}\\u{9b}2J\\nfake line\\r\\u{202e}"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn texts_an_agent_controls_are_shown_escaped_in_its_status() {
+        let value = json!({
+            "agent": {
+                "name": "evil", "version": HOSTILE_TEXT, "last_error": HOSTILE_TEXT,
+                "previous_version": HOSTILE_TEXT,
+                "events": [{"at_ms": 1, "text": HOSTILE_TEXT}],
+                "subscriptions": ["agent.to.evil.>"]
+            },
+            "grants": "may publish to:\n\tagent.x\x1b[2J"
+        });
+        let out = status(&value);
+        // agent, version, state, messages, limits, listens, warm, last error, event, blank,
+        // two lines of grants.
+        assert_no_raw_controls(&out, 12);
+        for prefix in ["version    ", "warm       v", "last error ", "event      "] {
+            assert!(
+                out.contains(&format!("{prefix}1.0\\u{{1b}}]0;owned")),
+                "{prefix}: {out}"
+            );
+        }
+        assert!(
+            out.contains("may publish to:\n\tagent.x\\u{1b}[2J"),
+            "{out}"
+        );
+        assert_eq!(
+            out.matches('\t').count(),
+            1,
+            "only the grants' own tab: {out:?}"
+        );
+        assert!(
+            out.contains(
+                ", 0 log lines over the log rate, 0 lifecycle calls over their time bound\n"
+            ),
+            "{out}"
+        );
     }
 }

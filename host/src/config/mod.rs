@@ -157,6 +157,9 @@ pub struct DefaultLimits {
     /// Messages an agent may originate per second when its manifest sets no
     /// `[limits] publish_per_second` (replies to the message it handles are free).
     pub publish_per_second: u32,
+    /// Lines an agent may write to the node's log per second (`runtime.log`, stdout and
+    /// stderr together) when its manifest sets no `[limits] log_lines_per_second`.
+    pub log_lines_per_second: u32,
     /// Core instances, tables, memories and table elements for agents whose manifest sets
     /// none; never more than the engine's pool allows per component.
     pub counts: crate::agent::limits::InstanceCounts,
@@ -273,6 +276,7 @@ impl Default for DefaultLimits {
             host_call_timeout_ms: 30_000,
             files_max_bytes: 64 << 20,
             publish_per_second: 1000,
+            log_lines_per_second: 100,
             counts: crate::agent::limits::InstanceCounts::default(),
             init_timeout_ms: 10_000,
             handoff_timeout_ms: 1_000,

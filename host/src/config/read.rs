@@ -196,6 +196,7 @@ fn defaults(root: &Section, engine: &EngineSection) -> Result<DefaultLimits, Fie
             "host_call_timeout_ms",
             "files_max_bytes",
             "publish_per_second",
+            "log_lines_per_second",
             "table_elements",
             "instances",
             "tables",
@@ -245,6 +246,13 @@ fn defaults(root: &Section, engine: &EngineSection) -> Result<DefaultLimits, Fie
                 "agents without their own limit could send nothing but replies",
             )?
             .unwrap_or(d.publish_per_second),
+        log_lines_per_second: s
+            .positive(
+                "log_lines_per_second",
+                "100",
+                "every line agents without their own limit log would be dropped",
+            )?
+            .unwrap_or(d.log_lines_per_second),
         counts: counts(&s, d.counts)?,
         init_timeout_ms: s
             .positive("init_timeout_ms", "10000", "no agent could be loaded")?

@@ -50,6 +50,27 @@ fn agents_send_at_most_1000_messages_a_second_unless_the_node_says_otherwise() {
 }
 
 #[test]
+fn agents_log_at_most_100_lines_a_second_unless_the_node_says_otherwise() {
+    assert_eq!(parse("").unwrap().defaults.log_lines_per_second, 100);
+    let c = parse("[defaults]\nlog_lines_per_second = 5000\n").unwrap();
+    assert_eq!(c.defaults.log_lines_per_second, 5000);
+    let shown = refused(
+        "[defaults]\nlog_lines_per_second = 0\n",
+        "defaults.log_lines_per_second",
+    );
+    assert!(shown.contains("0 is not allowed"), "{shown}");
+    assert!(shown.contains("would be dropped"), "{shown}");
+    let shown = refused(
+        "[defaults]\nlog_lines_per_second = \"lots\"\n",
+        "defaults.log_lines_per_second",
+    );
+    assert!(
+        shown.contains("expected a whole number like 100"),
+        "{shown}"
+    );
+}
+
+#[test]
 fn instance_and_table_counts_default_to_the_pool_and_may_not_exceed_it() {
     use crate::agent::limits::InstanceCounts;
     assert_eq!(

@@ -52,6 +52,7 @@ fn no_file_means_the_documented_defaults() {
             host_call_timeout_ms: 30_000,
             files_max_bytes: 64 << 20,
             publish_per_second: 1000,
+            log_lines_per_second: 100,
             counts: crate::agent::limits::InstanceCounts::default(),
             init_timeout_ms: 10_000,
             handoff_timeout_ms: 1_000,

@@ -183,6 +183,13 @@ fn storage_and_limits(m: &Manifest, out: &mut String) {
             .map(|n| n.to_string())
             .unwrap_or_else(node_default)
     );
+    let _ = writeln!(
+        out,
+        "  log lines per second (runtime.log, stdout, stderr): {}",
+        l.log_lines_per_second
+            .map(|n| n.to_string())
+            .unwrap_or_else(node_default)
+    );
     let count = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_else(node_default);
     let _ = writeln!(
         out,

@@ -151,6 +151,9 @@ pub struct Limits {
     pub max_message_bytes: Option<u64>,
     /// Messages the agent may originate per second (see `capabilities::rate`).
     pub publish_per_second: Option<u32>,
+    /// Lines the agent may write to the node's log per second (`runtime.log`, stdout and
+    /// stderr together; see `capabilities::log_rate`).
+    pub log_lines_per_second: Option<u32>,
     /// Elements a table may grow to; core instances, tables and memories the component may
     /// create (see `agent::limits::InstanceCounts`).
     pub table_elements: Option<u32>,

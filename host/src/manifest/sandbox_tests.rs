@@ -85,6 +85,33 @@ fn the_publish_rate_is_a_positive_number_of_messages_per_second() {
 }
 
 #[test]
+fn the_log_rate_is_a_positive_number_of_lines_per_second() {
+    let m = parse("[limits]\nlog_lines_per_second = 20\n").unwrap();
+    assert_eq!(m.limits.log_lines_per_second, Some(20));
+    assert_eq!(parse("").unwrap().limits.log_lines_per_second, None);
+    assert!(m
+        .describe()
+        .contains("log lines per second (runtime.log, stdout, stderr): 20"));
+    let shown = refused(
+        "[limits]\nlog_lines_per_second = 0\n",
+        "limits.log_lines_per_second",
+    );
+    assert!(shown.contains("0 is not allowed"), "{shown}");
+    assert!(
+        shown.contains("every line the agent logs would be dropped"),
+        "{shown}"
+    );
+    let shown = refused(
+        "[limits]\nlog_lines_per_second = -1\n",
+        "limits.log_lines_per_second",
+    );
+    assert!(
+        shown.contains("expected a whole number like 100"),
+        "{shown}"
+    );
+}
+
+#[test]
 fn instance_and_table_counts_are_positive_whole_numbers() {
     let m = parse("[limits]\ntable_elements = 5000\ninstances = 10\ntables = 2\nmemories = 1\n")
         .unwrap();

@@ -8,7 +8,8 @@ use super::Node;
 use crate::agent::instance::InstanceLimits;
 use crate::agent::{AgentCaps, FilesDir, Identity};
 use crate::capabilities::{
-    kv::KvCtx, llm::LlmCtx, messaging::MessagingCtx, rate::PublishRate, runtime::RuntimeCtx,
+    kv::KvCtx, llm::LlmCtx, log_rate::LogRate, messaging::MessagingCtx, rate::PublishRate,
+    runtime::RuntimeCtx,
 };
 use crate::manifest::Manifest;
 use crate::storage::Quota;
@@ -119,6 +120,14 @@ impl Node {
             runtime: RuntimeCtx {
                 identity: identity.clone(),
                 config: manifest.config.clone(),
+                log_rate: Arc::new(LogRate::new(
+                    manifest
+                        .limits
+                        .log_lines_per_second
+                        .unwrap_or(d.log_lines_per_second),
+                    &identity.name,
+                    metrics.clone(),
+                )),
             },
             files: files_dir,
         })

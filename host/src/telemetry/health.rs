@@ -72,7 +72,8 @@ impl HealthReport {
         self.status == HealthStatus::Ok
     }
 
-    /// For a terminal: the status, the bus, then each agent that is not running.
+    /// For a terminal: the status, the bus, then each agent that is not running (its error
+    /// is the agent's text, so it is escaped).
     pub fn to_text(&self) -> String {
         let bus = &self.bus;
         let attached = match (&bus.server_name, &bus.server_address) {
@@ -98,8 +99,42 @@ impl HealthReport {
             let why = a.last_error.as_deref().unwrap_or("no error recorded");
             let state = serde_json::to_value(a.state).unwrap_or_default();
             let state = state.as_str().unwrap_or("?");
-            text.push_str(&format!("  {}: {state} ({why})\n", a.agent));
+            let line = format!("  {}: {state} ({why})", a.agent);
+            text.push_str(&crate::escape::for_line(&line));
+            text.push('\n');
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agents_error_is_shown_on_one_line_without_raw_controls() {
+        let report = HealthReport {
+            status: HealthStatus::Degraded,
+            agents: 1,
+            not_running: vec![NotRunning {
+                agent: "evil".into(),
+                state: AgentState::Failed,
+                last_error: Some("init failed\n  ok: fine\x1b[2J\u{9b}".into()),
+            }],
+            bus: BusState {
+                backend: "embedded".into(),
+                connected: true,
+                server_name: None,
+                server_address: None,
+                reconnects: 0,
+                dropped: 0,
+            },
+        };
+        let text = report.to_text();
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(
+            text.ends_with("  evil: failed (init failed\\n  ok: fine\\u{1b}[2J\\u{9b})\n"),
+            "{text}"
+        );
     }
 }

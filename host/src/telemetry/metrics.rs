@@ -22,7 +22,7 @@ pub struct AgentLabels {
 }
 
 /// An agent and the limit it ran into (`cpu`, `memory`, `stack`, `host_call`, `files`, `publish_rate`,
-/// `table`, `lifecycle`).
+/// `table`, `lifecycle`, `log_rate`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub agent: String,
@@ -96,6 +96,9 @@ pub struct AgentMetrics {
     pub traps: Counter,
     /// Host calls the manifest refused.
     pub denied: Counter,
+    /// Which denied calls are logged: every one is counted in `denied`, a sample is logged
+    /// (one a second), so a flood of denied calls cannot flood the log.
+    pub denial_log: Arc<super::sample::LogSample>,
     /// Messages dropped because the agent's mailbox was full.
     pub dropped: Counter,
     /// Messages dropped as duplicates (same message id seen twice).
@@ -153,10 +156,13 @@ pub struct LimitHits {
     /// `init`, `version`, `snapshot` or `restore` calls abandoned past their wall-time bound
     /// (`[defaults] init_timeout_ms`, `handoff_timeout_ms`).
     pub lifecycle: Counter,
+    /// Log lines of the agent (`runtime.log`, stdout, stderr) dropped over
+    /// `[limits] log_lines_per_second`.
+    pub log_rate: Counter,
 }
 
 impl LimitHits {
-    const KINDS: [&'static str; 8] = [
+    const KINDS: [&'static str; 9] = [
         "cpu",
         "memory",
         "stack",
@@ -165,6 +171,7 @@ impl LimitHits {
         "publish_rate",
         "table",
         "lifecycle",
+        "log_rate",
     ];
 
     /// The counts so far, as `host status` shows them.
@@ -178,6 +185,7 @@ impl LimitHits {
             publish_rate: self.publish_rate.get(),
             table: self.table.get(),
             lifecycle: self.lifecycle.get(),
+            log_rate: self.log_rate.get(),
         }
     }
 }
@@ -261,7 +269,7 @@ impl Metrics {
         );
         registry.register(
             "limit_hits",
-            "Times an agent ran into a limit (cpu, memory, stack, host_call, files, publish_rate, table, lifecycle)",
+            "Times an agent ran into a limit (cpu, memory, stack, host_call, files, publish_rate, table, lifecycle, log_rate)",
             m.limit_hits.clone(),
         );
         registry.register(
@@ -321,6 +329,7 @@ impl Metrics {
             errors: self.errors.get_or_create(&labels).clone(),
             traps: self.traps.get_or_create(&labels).clone(),
             denied: self.denied.get_or_create(&labels).clone(),
+            denial_log: Arc::default(),
             dropped: self.dropped.get_or_create(&labels).clone(),
             duplicates: self.duplicates.get_or_create(&labels).clone(),
             misaddressed: self.misaddressed.get_or_create(&labels).clone(),
@@ -336,6 +345,7 @@ impl Metrics {
                 publish_rate: self.limit_hit(&labels, "publish_rate"),
                 table: self.limit_hit(&labels, "table"),
                 lifecycle: self.limit_hit(&labels, "lifecycle"),
+                log_rate: self.limit_hit(&labels, "log_rate"),
             },
             canary_percent: self.canary_percent.get_or_create(&labels).clone(),
             upgrade_events: self.upgrade_events.clone(),

@@ -1,13 +1,17 @@
 //! Logs, metrics and health: what an operator reads to know what the node is doing.
 
+pub mod fields;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod sample;
 
 pub use metrics::{AgentMetrics, Metrics};
 
 /// Installs the tracing subscriber: `LOG_LEVEL` (or `RUST_LOG`) picks the filter, default
-/// `info`. Safe to call twice (the second call is ignored).
+/// `info`. Every field is written through [`fields::EscapedFields`], so text an agent (or a
+/// sender) controls cannot break a line or reach a terminal raw. Safe to call twice (the
+/// second call is ignored).
 pub fn init_logging() {
     let filter = std::env::var("LOG_LEVEL")
         .or_else(|_| std::env::var("RUST_LOG"))
@@ -17,6 +21,7 @@ pub fn init_logging() {
         tracing_subscriber::EnvFilter::new("info")
     });
     let _ = tracing_subscriber::fmt()
+        .fmt_fields(fields::EscapedFields)
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -31,11 +31,18 @@
 //! - `publish-id SUBJECT ID TEXT`: publishes TEXT with its own `Nats-Msg-Id: ID`.
 //! - `headers N KEY SUBJECT`: publishes one message with N headers named KEY (`-`: empty)
 //!   with empty values.
+//! - `log TEXT`: logs TEXT (raw: newlines, ESC and all) with `runtime.log`; replies
+//!   `logged TEXT`.
+//! - `print TEXT`: writes TEXT and a newline to stdout (raw), which the host logs by line.
+//! - `say N`: N `runtime.log` lines, as fast as it can; replies how many it wrote.
+//! - `deny-flood N`: N publishes its manifest does not grant; replies how many were denied.
+//! - `fail TEXT`: `handle` returns an error with TEXT (raw), the agent's last error.
 //!
 //! Manifest `[config] init = "panic"` makes `init` panic always (the load is refused);
 //! `init = "panic-on-restart"` makes it panic on every start after the first (it leaves a
-//! mark in its KV namespace), so one trap turns into a crash loop. `init = "sleepy"` and
-//! `restore = "sleepy"` make `init` / `restore` loop on short host calls: 120 sleeps of
+//! mark in its KV namespace), so one trap turns into a crash loop; `init = "fail TEXT"`
+//! makes `init` return an error with TEXT (the load is refused with it). `init = "sleepy"`
+//! and `restore = "sleepy"` make `init` / `restore` loop on short host calls: 120 sleeps of
 //! 500 ms, each well within any per-call bound.
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -58,6 +65,9 @@ impl Agent for Hostile {
                 kv::set("booted", "yes")?;
             }
             Some("sleepy") => sleepy(),
+            Some(init) if init.starts_with("fail ") => {
+                return Err(AgentError::new(&init["fail ".len()..]));
+            }
             _ => {}
         }
         Ok(())
@@ -103,6 +113,18 @@ impl Agent for Hostile {
             "ask-ref" => by_reference(&args, true),
             "publish-id" => publish_id(&args),
             "headers" => many_headers(&args),
+            // The node's log and the operator's terminal (tests/hostile/logs.rs).
+            "log" => {
+                runtime::info(rest);
+                format!("logged {rest}")
+            }
+            "print" => {
+                println!("{rest}");
+                "printed".to_string()
+            }
+            "say" => say(rest.trim().parse().unwrap_or(1_000)),
+            "deny-flood" => deny_flood(rest.trim().parse().unwrap_or(1_000_000)),
+            "fail" => return Err(AgentError::new(rest)),
             other => return Err(AgentError::new(format!("unknown attack '{other}'"))),
         };
         msg.reply(outcome)
@@ -251,6 +273,26 @@ fn flood(args: &[&str]) -> String {
         None => format!("flood: published {sent} of {n}"),
         Some(e) => format!("flood: published {sent} of {n}; first error: {e}"),
     }
+}
+
+fn say(lines: u64) -> String {
+    for i in 0..lines {
+        runtime::info(&format!("say {i}"));
+    }
+    format!("say: wrote {lines} lines")
+}
+
+/// `n` publishes to a subject no manifest of the tests grants: each is a denied host call.
+fn deny_flood(n: u64) -> String {
+    let mut denied = 0u64;
+    for _ in 0..n {
+        if let Err(e) = messaging::publish("agent.secret.flood", "") {
+            if e.message().starts_with("denied:") {
+                denied += 1;
+            }
+        }
+    }
+    format!("deny-flood: {denied} of {n} denied")
 }
 
 fn big(args: &[&str]) -> String {
