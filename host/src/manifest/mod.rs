@@ -25,6 +25,9 @@ mod tests;
 pub const DEFAULT_CLUSTER: &str = "default";
 /// KV quota when `[kv] max_bytes` is absent: enough for small state, not for hoarding.
 pub const DEFAULT_KV_MAX_BYTES: u64 = 1 << 20;
+/// Largest manifest file read: a manifest is a few KiB of TOML, and a path to a huge file
+/// or `/dev/zero` must not fill the node's memory.
+pub const MAX_MANIFEST_FILE_BYTES: u64 = 1 << 20;
 /// KV key count when `[kv] max_keys` is absent.
 pub const DEFAULT_KV_MAX_KEYS: u64 = 10_000;
 
@@ -208,11 +211,16 @@ impl Manifest {
         path: &Path,
         default_name: Option<&str>,
     ) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
-            file: Some(path.to_path_buf()),
-            field: None,
-            problem: format!("cannot read the file: {e}; expected a readable TOML manifest"),
-        })?;
+        let text = crate::bounded_file::read_to_string(path, MAX_MANIFEST_FILE_BYTES).map_err(
+            |e| ManifestError {
+                file: Some(path.to_path_buf()),
+                field: None,
+                problem: format!(
+                    "cannot read the file: {e}; expected a readable TOML manifest of at most {} (a manifest is a few KiB)",
+                    crate::units::format_bytes(MAX_MANIFEST_FILE_BYTES)
+                ),
+            },
+        )?;
         Self::parse_with_name(&text, Some(path), default_name)
     }
 
