@@ -46,6 +46,8 @@ pub struct InstanceLimits {
     pub host_call_limit: Duration,
     /// Core instances, tables, memories and table elements the instance may create.
     pub counts: InstanceCounts,
+    /// Largest snapshot the host keeps or hands on (see `agent/snapshots.rs`).
+    pub max_snapshot_bytes: u64,
 }
 
 /// A live instance and the store that owns its memory.

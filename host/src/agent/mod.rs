@@ -10,6 +10,7 @@ pub mod limits;
 pub mod native;
 pub mod plan;
 pub mod runner;
+mod snapshot_limit;
 pub mod snapshots;
 pub mod status;
 mod stdio;

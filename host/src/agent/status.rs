@@ -157,4 +157,7 @@ pub struct LimitHitCounts {
     /// Table growths refused at `[limits] table_elements` (the agent saw `table.grow` fail).
     #[serde(default)]
     pub table: u64,
+    /// Snapshots refused at `[limits] max_snapshot_bytes` (not kept, persisted or handed on).
+    #[serde(default)]
+    pub snapshot: u64,
 }

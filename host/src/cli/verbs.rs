@@ -272,14 +272,15 @@ fn print_status(value: &Value) {
     );
     let hits = |k: &str| a["limit_hits"][k].as_u64().unwrap_or(0);
     println!(
-        "limits     {} over CPU budget, {} memory growths refused, {} stack overflows, {} blocked host calls, {} file writes refused, {} messages over the publish rate, {} table growths refused",
+        "limits     {} over CPU budget, {} memory growths refused, {} stack overflows, {} blocked host calls, {} file writes refused, {} messages over the publish rate, {} table growths refused, {} snapshots refused",
         hits("cpu"),
         hits("memory"),
         hits("stack"),
         hits("host_call"),
         hits("files"),
         hits("publish_rate"),
-        hits("table")
+        hits("table"),
+        hits("snapshot")
     );
     if let Some(subs) = a["subscriptions"].as_array() {
         for sub in subs {

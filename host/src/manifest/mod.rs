@@ -160,6 +160,9 @@ pub struct Limits {
     pub instances: Option<u32>,
     pub tables: Option<u32>,
     pub memories: Option<u32>,
+    /// Largest snapshot of its state the host keeps, persists or hands to another version;
+    /// `None` means the agent's `[kv] max_bytes` (see [`Manifest::max_snapshot_bytes`]).
+    pub max_snapshot_bytes: Option<u64>,
 }
 
 /// A manifest that cannot be used: which file, which field, what is wrong and expected.
@@ -299,6 +302,13 @@ impl Manifest {
             .models
             .iter()
             .any(|granted| granted == "*" || granted == model)
+    }
+
+    /// The largest snapshot the host takes of this agent: `[limits] max_snapshot_bytes`,
+    /// else `[kv] max_bytes`, since a snapshot is stored in the node's KV store like the
+    /// agent's own data and should not let it store more than its quota that way.
+    pub fn max_snapshot_bytes(&self) -> u64 {
+        self.limits.max_snapshot_bytes.unwrap_or(self.kv.max_bytes)
     }
 
     /// Plain-words summary of everything this agent may do (used by `host check`), including

@@ -48,6 +48,7 @@ impl Node {
             cpu_per_message: Duration::from_millis(cpu),
             host_call_limit,
             counts: crate::agent::limits::counts_for(manifest, &d.counts)?,
+            max_snapshot_bytes: manifest.max_snapshot_bytes(),
         })
     }
 

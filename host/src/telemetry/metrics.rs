@@ -22,7 +22,7 @@ pub struct AgentLabels {
 }
 
 /// An agent and the limit it ran into (`cpu`, `memory`, `stack`, `host_call`, `files`, `publish_rate`,
-/// `table`).
+/// `table`, `snapshot`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub agent: String,
@@ -145,10 +145,12 @@ pub struct LimitHits {
     pub publish_rate: Counter,
     /// Table growths refused at `[limits] table_elements`.
     pub table: Counter,
+    /// Snapshots refused at `[limits] max_snapshot_bytes`.
+    pub snapshot: Counter,
 }
 
 impl LimitHits {
-    const KINDS: [&'static str; 7] = [
+    const KINDS: [&'static str; 8] = [
         "cpu",
         "memory",
         "stack",
@@ -156,6 +158,7 @@ impl LimitHits {
         "files",
         "publish_rate",
         "table",
+        "snapshot",
     ];
 
     /// The counts so far, as `host status` shows them.
@@ -168,6 +171,7 @@ impl LimitHits {
             files: self.files.get(),
             publish_rate: self.publish_rate.get(),
             table: self.table.get(),
+            snapshot: self.snapshot.get(),
         }
     }
 }
@@ -244,7 +248,7 @@ impl Metrics {
         );
         registry.register(
             "limit_hits",
-            "Times an agent ran into a limit (cpu, memory, stack, host_call, files, publish_rate, table)",
+            "Times an agent ran into a limit (cpu, memory, stack, host_call, files, publish_rate, table, snapshot)",
             m.limit_hits.clone(),
         );
         registry.register(
@@ -312,6 +316,7 @@ impl Metrics {
                 files: self.limit_hit(&labels, "files"),
                 publish_rate: self.limit_hit(&labels, "publish_rate"),
                 table: self.limit_hit(&labels, "table"),
+                snapshot: self.limit_hit(&labels, "snapshot"),
             },
             canary_percent: self.canary_percent.get_or_create(&labels).clone(),
             upgrade_events: self.upgrade_events.clone(),
