@@ -8,6 +8,9 @@ mod support;
 /// The CPU budget charges CPU: neither the wait for a turn nor a busy machine.
 #[path = "hostile/cpu.rs"]
 mod cpu;
+/// What the node stores or reads for an agent, a local user or a client: bounded, private.
+#[path = "hostile/storage.rs"]
+mod storage;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -25,6 +25,8 @@
 //! - `env`: reads the environment, arguments and working directory via std.
 //! - `net [ADDR]`: opens TCP and UDP sockets and resolves a name via std.
 //! - `sleep MS`: blocks in a WASI clock call (a host call) for MS milliseconds.
+//! - `bloat N`: adds N bytes to its state (what `snapshot` hands the host) and replies how
+//!   many it holds (`bloat 0` only tells); `slim` drops them again.
 //!
 //! Manifest `[config] init = "panic"` makes `init` panic always (the load is refused);
 //! `init = "panic-on-restart"` makes it panic on every start after the first (it leaves a
@@ -37,6 +39,9 @@ use agent_sdk::prelude::*;
 #[derive(Default, Serialize, Deserialize)]
 struct Hostile {
     attacks: u64,
+    /// Ballast `bloat` grows the state with, to make the host store a huge snapshot.
+    #[serde(default)]
+    ballast: String,
 }
 
 impl Agent for Hostile {
@@ -81,6 +86,15 @@ impl Agent for Hostile {
                 let ms: u64 = rest.trim().parse().unwrap_or(60_000);
                 std::thread::sleep(Duration::from_millis(ms));
                 format!("slept {ms} ms")
+            }
+            "bloat" | "slim" => {
+                match verb {
+                    "bloat" => self
+                        .ballast
+                        .push_str(&"b".repeat(rest.trim().parse().unwrap_or(0))),
+                    _ => self.ballast = String::new(),
+                }
+                format!("{verb}: {} bytes of ballast", self.ballast.len())
             }
             other => return Err(AgentError::new(format!("unknown attack '{other}'"))),
         };
