@@ -23,6 +23,10 @@ mod stalls;
 #[path = "hostile/memory.rs"]
 mod memory;
 
+/// What the node stores or reads for an agent, a local user or a client: bounded, private.
+#[path = "hostile/storage.rs"]
+mod storage;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

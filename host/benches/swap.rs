@@ -153,9 +153,16 @@ fn main() {
         cfg.engine.max_agents = 16;
         let node = Node::start(cfg).await.unwrap();
         let probe = dir.join("probe.wasm");
+        // The 1 MiB state is over the default snapshot limit (the agent's [kv] max_bytes).
+        let manifest = tmp.path().join("probe.toml");
+        std::fs::write(
+            &manifest,
+            "[agent]\nname = \"probe\"\n[limits]\nmax_snapshot_bytes = \"2MiB\"\n",
+        )
+        .unwrap();
         node.load(LoadRequest {
             component: Some(probe.clone()),
-            manifest: None,
+            manifest: Some(manifest),
             name: Some("probe".into()),
         })
         .await

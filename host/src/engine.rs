@@ -49,6 +49,16 @@ pub enum LoadError {
         path: String,
         source: std::io::Error,
     },
+    #[error("component {path} is not a regular file (it is {kind}); give the path of a .wasm component file")]
+    NotAFile { path: String, kind: &'static str },
+    #[error("component {path} is {} ({size} bytes{}), more than this node's limit of {} ([engine] max_component_bytes); an agent component is a few MiB: check the path, or raise [engine] max_component_bytes in the node config",
+        crate::units::format_bytes(*size), if *grew { " once it grew while being read" } else { "" }, crate::units::format_bytes(*limit))]
+    TooLarge {
+        path: String,
+        size: u64,
+        limit: u64,
+        grew: bool,
+    },
     #[error("{what} is not a WebAssembly component ({reason}); build agents with `cargo build --release --target wasm32-wasip2`")]
     NotAComponent { what: String, reason: String },
     #[error("{what} does not implement the agent:host/agent world the host provides: {reason}; build it with the SDK in sdk/ against wit/")]
@@ -77,6 +87,8 @@ pub struct Engine {
     /// `host upgrade --component NAME` finds the agents running it after upgrades too.
     names: Mutex<HashMap<String, String>>,
     tick: Duration,
+    /// Largest component file [`Engine::compile_file`] reads (`[engine] max_component_bytes`).
+    max_component_bytes: u64,
 }
 
 impl Engine {
@@ -133,6 +145,7 @@ impl Engine {
             cache: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             tick: Duration::from_millis(settings.epoch_tick_ms.max(1)),
+            max_component_bytes: settings.max_component_bytes,
         });
         start_epoch_ticker(Arc::downgrade(&this));
         Ok(this)
@@ -153,16 +166,33 @@ impl Engine {
         self.cache.lock().expect("compile cache lock").len()
     }
 
-    /// Reads and compiles a component file (see [`Engine::compile`]).
+    /// Reads and compiles a component file (see [`Engine::compile`]). Anything but a regular
+    /// file of at most `[engine] max_component_bytes` is refused before it is read, so a
+    /// huge file, `/dev/zero` or a FIFO cannot fill the node's memory or hang the load.
     pub fn compile_file(
         &self,
         path: &Path,
         pinned_sha256: Option<&str>,
     ) -> Result<Arc<CompiledAgent>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        use crate::bounded_file::BoundedReadError;
+        let shown = path.display().to_string();
+        let bytes =
+            crate::bounded_file::read(path, self.max_component_bytes).map_err(|e| match e {
+                BoundedReadError::Io(source) => LoadError::Read {
+                    path: shown.clone(),
+                    source,
+                },
+                BoundedReadError::NotRegular { kind } => LoadError::NotAFile {
+                    path: shown.clone(),
+                    kind,
+                },
+                BoundedReadError::TooLarge { size, limit, grew } => LoadError::TooLarge {
+                    path: shown.clone(),
+                    size,
+                    limit,
+                    grew,
+                },
+            })?;
         let compiled = self.compile(&bytes, &path.display().to_string(), pinned_sha256)?;
         if let Some(stem) = path.file_stem() {
             self.names

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bindings;
 pub mod bounded;
+pub mod bounded_file;
 pub mod bus;
 pub mod capabilities;
 pub mod cli;

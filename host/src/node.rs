@@ -21,6 +21,7 @@ use crate::manifest::Manifest;
 use crate::storage::{EmbeddedKv, KvBackend, NatsKv, NatsKvOptions, SyncPolicy};
 use crate::telemetry::Metrics;
 
+pub mod data_dir;
 mod grants;
 mod rollout;
 pub use rollout::{CanaryRun, WaveReport};
@@ -120,9 +121,7 @@ impl Node {
             Arc<dyn KvBackend>,
         ) -> (Arc<dyn Transport>, Arc<dyn KvBackend>),
     ) -> anyhow::Result<Arc<Node>> {
-        std::fs::create_dir_all(&config.node.data_dir).map_err(|e| {
-            anyhow::anyhow!("cannot create the data dir {}: {e}; set [node] data_dir or --data-dir to a writable folder", config.node.data_dir.display())
-        })?;
+        data_dir::prepare(&config.node.data_dir)?;
         let engine = Engine::new(&config.engine)?;
         let mut durable = None;
         let (bus, store): (Arc<dyn Transport>, Arc<dyn KvBackend>) = match &config.nats.url {

@@ -208,3 +208,49 @@ async fn usage_follows_writes_and_deletes_and_the_quota_holds_across_nodes() {
     assert!(b.list_keys(other, "", 10).await.unwrap().is_empty());
     assert_eq!(b.get(other, "k1").await.unwrap(), None);
 }
+
+/// Snapshots go to the shared bucket too: one over the agent's limit (here its 64 KiB KV
+/// quota; 200 KB would fit JetStream's own 1 MB message limit) is not written there, so the
+/// bucket keeps the last good one for whichever node starts the agent next.
+#[tokio::test]
+async fn a_snapshot_over_the_limit_is_not_persisted_to_jetstream_kv_either() {
+    use agent_host::agent::snapshots;
+    let Some(server) = NatsServer::start("nats snapshot limit") else {
+        return;
+    };
+    let url = server.url();
+    let t = crate::support::TestNode::start_with(move |c| {
+        c.nats.url = Some(url);
+        c.node.snapshot_every = 1;
+    })
+    .await;
+    let manifest = "[agent]\nname = \"hostile\"\n[kv]\nmax_bytes = \"64KiB\"\n";
+    let hostile = t.load("hostile", "hostile", manifest).await;
+    let ask = |cmd: &'static str| t.ask("agent.to.hostile.attack", cmd);
+    let ballast = async |store: &dyn KvBackend| {
+        let (_, state) = snapshots::load(store, &hostile.id).await?;
+        let state: serde_json::Value = serde_json::from_slice(&state).ok()?;
+        state["ballast"].as_str().map(str::len)
+    };
+    assert_eq!(ask("bloat 1000").await, "bloat: 1000 bytes of ballast");
+    let store = t.node.store.clone();
+    let persisted = crate::support::eventually(Duration::from_secs(10), async || {
+        ballast(store.as_ref()).await == Some(1000)
+    })
+    .await;
+    assert!(persisted, "the good snapshot reaches the bucket");
+
+    assert_eq!(ask("bloat 200000").await, "bloat: 201000 bytes of ballast");
+    assert_eq!(ask("ping").await, "pong");
+    let refused = crate::support::eventually(Duration::from_secs(10), async || {
+        t.node.status("hostile").await.unwrap().limit_hits.snapshot == 2
+    })
+    .await;
+    assert!(refused, "both snapshots over the limit refused");
+    t.node.shutdown().await;
+    assert_eq!(
+        ballast(store.as_ref()).await,
+        Some(1000),
+        "the bucket kept the good one"
+    );
+}

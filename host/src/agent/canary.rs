@@ -24,6 +24,7 @@ use super::gates::{self, Check, GateMetric, GateReading, Window};
 use super::instance::{Code, Live};
 use super::plan::RolloutPlan;
 use super::runner::Runner;
+use super::snapshot_limit::{SnapshotTooLarge, FIX};
 use super::supervisor::Outcome;
 use super::upgrade::Green;
 use crate::bus::BusMessage;
@@ -172,6 +173,9 @@ enum HandoffFailed {
     RestoreTrapped(String),
     /// The agent could not be restarted (it is marked failed).
     AgentFailed,
+    /// The serving version's snapshot is over `[limits] max_snapshot_bytes`; it keeps
+    /// the state and both instances are unchanged.
+    TooLarge(SnapshotTooLarge),
 }
 
 impl HandoffFailed {
@@ -181,6 +185,9 @@ impl HandoffFailed {
             HandoffFailed::Refused(r) => format!("the state was refused ({r})"),
             HandoffFailed::RestoreTrapped(t) => format!("restore trapped ({t})"),
             HandoffFailed::AgentFailed => "the agent failed".to_string(),
+            HandoffFailed::TooLarge(refused) => {
+                format!("its snapshot was refused ({refused}; {FIX})")
+            }
         }
     }
 }
@@ -234,6 +241,11 @@ impl Runner {
                 return Err(why);
             }
         };
+        if let Err(refused) = self.admit_snapshot(&blue_version, &state) {
+            let why = refuse(format!("{refused}, so it cannot be handed over; {FIX}"));
+            self.parts.status.record(&name, why.clone());
+            return Err(why);
+        }
         green_live.begin_turn(None, budget);
         let refused = match green_live.call_restore(&blue_version, &state).await {
             Ok(Ok(())) => None,
@@ -258,6 +270,13 @@ impl Runner {
                 return Err(why);
             }
         };
+        if let Err(refused) = self.admit_snapshot(&green_version, &green_state) {
+            let why = refuse(format!(
+                "{refused}, so it could not hand the state back; {FIX}"
+            ));
+            self.parts.status.record(&name, why.clone());
+            return Err(why);
+        }
         let blue = self.live.as_mut().expect("checked above");
         blue.begin_turn(None, budget);
         let back = match blue.call_restore(&green_version, &green_state).await {
@@ -365,12 +384,23 @@ impl Runner {
                 if matches!(failed, HandoffFailed::AgentFailed) {
                     return Outcome::AgentFailed;
                 }
-                let why = format!("a state hand-off failed: {}", failed.text());
-                if let Err(e) = self.end_canary_backwards(&why, true).await {
-                    let name = self.parts.identity.name.clone();
-                    self.parts
-                        .status
-                        .record(&name, format!("automatic rollback failed: {e}"));
+                if let HandoffFailed::TooLarge(refused) = &failed {
+                    // The state cannot move, but it is intact where it is: the serving
+                    // version takes this message (counted as its own below), and the
+                    // canary goes on. Rolling back would need the very hand-off refused.
+                    let to = self.canary.as_ref().map(|c| match c.green_live {
+                        true => c.blue_version.clone(),
+                        false => c.green_version.clone(),
+                    });
+                    self.report_refused_handoff(refused, &to.unwrap_or_default());
+                } else {
+                    let why = format!("a state hand-off failed: {}", failed.text());
+                    if let Err(e) = self.end_canary_backwards(&why, true).await {
+                        let name = self.parts.identity.name.clone();
+                        self.parts
+                            .status
+                            .record(&name, format!("automatic rollback failed: {e}"));
+                    }
                 }
             }
         }
@@ -536,6 +566,10 @@ impl Runner {
                 return Err(HandoffFailed::SnapshotTrapped(text));
             }
         };
+        if let Err(refused) = self.admit_snapshot(&self.version, &state) {
+            self.canary.as_mut().expect("a canary").parked = Some(parked);
+            return Err(HandoffFailed::TooLarge(refused));
+        }
         parked.live.begin_turn(None, budget);
         match parked.live.call_restore(&self.version, &state).await {
             Ok(Ok(())) => {}

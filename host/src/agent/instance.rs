@@ -54,6 +54,8 @@ pub struct InstanceLimits {
     /// Longest a `snapshot`, or a `restore` handing a serving agent's state over, may take in
     /// all (`[defaults] handoff_timeout_ms`): the agent serves nothing meanwhile.
     pub handoff_timeout: Duration,
+    /// Largest snapshot the host keeps or hands on (see `agent/snapshots.rs`).
+    pub max_snapshot_bytes: u64,
 }
 
 const INIT_FIELD: &str = "[defaults] init_timeout_ms";

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod native;
 pub mod plan;
 pub mod runner;
+mod snapshot_limit;
 pub mod snapshots;
 pub mod status;
 mod stdio;
@@ -76,7 +77,7 @@ pub struct FilesDir {
 }
 
 impl FilesDir {
-    /// `{data_dir}/files/{agent id}`, created if absent (a new agent starts empty); a
+    /// `{data_dir}/files/{agent id}`, created owner-only if absent (a new agent starts empty); a
     /// read-write directory gets a quota of `max_bytes`, counted from what it holds now.
     pub fn create(
         data_dir: &std::path::Path,
@@ -85,8 +86,12 @@ impl FilesDir {
         max_bytes: u64,
         metrics: Arc<crate::telemetry::AgentMetrics>,
     ) -> std::io::Result<FilesDir> {
-        let host_path = data_dir.join("files").join(&identity.id);
-        std::fs::create_dir_all(&host_path)?;
+        // Owner-only, like the data dir: an agent's files are its own (they may hold what
+        // it was told in confidence), not the other local users'.
+        let files = data_dir.join("files");
+        let host_path = files.join(&identity.id);
+        crate::node::data_dir::create_private_dir(&host_path)?;
+        crate::node::data_dir::create_private_dir(&files)?;
         let quota = match access {
             crate::manifest::FilesAccess::ReadOnly => None,
             crate::manifest::FilesAccess::ReadWrite => {

@@ -15,6 +15,7 @@ use super::dedup::SeenIds;
 use super::durable::next_durable;
 use super::inbox::{next_from, Claim, Inbox, Via};
 use super::instance::{instantiate, Code, InstanceLimits, Live};
+use super::snapshot_limit::{NotTaken, Sampled};
 use super::snapshots::{self, SnapshotWriter};
 use super::status::{AgentState, AgentStatus, AgentSummary};
 use super::supervisor::Outcome;
@@ -229,6 +230,9 @@ pub(super) struct Runner {
     pub(super) wit_message: crate::bindings::Message,
     /// Lets a warning about misaddressed messages through at most once a second.
     pub(super) misaddressed_warnings: crate::bus::WarnGate,
+    /// When snapshots over `[limits] max_snapshot_bytes` were last logged (see
+    /// `snapshot_limit.rs`): a refusal repeats every `snapshot_every` messages.
+    pub(super) snapshot_refusals: Sampled,
 }
 
 impl Runner {
@@ -255,6 +259,7 @@ impl Runner {
             canary: None,
             wit_message: crate::capabilities::messaging::empty_wit_message(),
             misaddressed_warnings: crate::bus::WarnGate::new(),
+            snapshot_refusals: Sampled::default(),
         };
         let mut live = runner.fresh_instance().await?;
         live.begin_turn(None, Duration::from_secs(1));
@@ -415,9 +420,13 @@ impl Runner {
     }
 
     /// Takes a snapshot (kept for restarts after a trap); returns it encoded for persisting.
-    pub(super) async fn take_snapshot(&mut self) -> Option<Vec<u8>> {
+    /// One over `[limits] max_snapshot_bytes` is neither kept nor returned: the previous
+    /// snapshot stays.
+    pub(super) async fn take_snapshot(&mut self) -> Result<Vec<u8>, NotTaken> {
         self.since_snapshot = 0;
-        let live = self.live.as_mut()?;
+        let Some(live) = self.live.as_mut() else {
+            return Err(NotTaken::NoInstance);
+        };
         live.begin_turn(
             None,
             self.parts
@@ -427,9 +436,11 @@ impl Runner {
         );
         match live.call_snapshot().await {
             Ok(state) => {
+                self.admit_snapshot(&self.version, &state)
+                    .map_err(NotTaken::TooLarge)?;
                 let encoded = snapshots::encode(&self.version, &state);
                 self.last_snapshot = Some((self.version.clone(), state));
-                Some(encoded)
+                Ok(encoded)
             }
             Err(trap) => {
                 let text = self.instance_trapped(&trap);
@@ -438,25 +449,30 @@ impl Runner {
                     .status
                     .set_error(format!("snapshot trapped: {text}"));
                 let _ = self.restart().await;
-                None
+                Err(NotTaken::Trapped)
             }
         }
     }
 
-    /// On stop: the last snapshot is on disk before the agent is reported stopped.
+    /// On stop: the last snapshot is on disk before the agent is reported stopped. One
+    /// over the limit is not persisted, and the loss is logged as an error.
     async fn final_snapshot(&mut self) {
-        let encoded = self.take_snapshot().await;
+        let taken = self.take_snapshot().await;
         if let Some(writer) = self.writer.take() {
             writer.close().await;
         }
-        if let Some(encoded) = encoded {
-            snapshots::write(
-                self.parts.store.as_ref(),
-                &self.parts.identity.id,
-                &self.parts.identity.name,
-                &encoded,
-            )
-            .await;
+        match taken {
+            Ok(encoded) => {
+                snapshots::write(
+                    self.parts.store.as_ref(),
+                    &self.parts.identity.id,
+                    &self.parts.identity.name,
+                    &encoded,
+                )
+                .await;
+            }
+            Err(NotTaken::TooLarge(refused)) => self.report_state_lost_on_stop(&refused),
+            Err(NotTaken::NoInstance | NotTaken::Trapped) => {}
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Where an agent's snapshots go: kept in memory for restarts after a trap, and persisted
 //! in the node's KV store (namespace `sys.snapshots`) by a background writer, so a node
-//! restart resumes from them without the agent ever waiting on a disk flush.
+//! restart resumes from them without the agent ever waiting on a disk flush. Only
+//! snapshots within the agent's `[limits] max_snapshot_bytes` get here (checked where they
+//! are taken: `snapshot_limit.rs`), since the namespace is written without a quota.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -167,4 +167,7 @@ pub struct LimitHitCounts {
     /// Log lines (`runtime.log`, stdout, stderr) dropped over `[limits] log_lines_per_second`.
     #[serde(default)]
     pub log_rate: u64,
+    /// Snapshots refused at `[limits] max_snapshot_bytes` (not kept, persisted or handed on).
+    #[serde(default)]
+    pub snapshot: u64,
 }

@@ -73,12 +73,8 @@ impl Runner {
         self.since_snapshot += 1;
         if self.parts.snapshot_every > 0 && self.since_snapshot >= self.parts.snapshot_every {
             // Boxed like the restart above: a snapshot may restart the instance too.
-            let snapshot = Box::pin(self.take_snapshot());
-            if let Some(encoded) = snapshot.await {
-                if let Some(writer) = &self.writer {
-                    writer.submit(encoded);
-                }
-            }
+            let snapshot = Box::pin(self.snapshot_to_store());
+            snapshot.await;
         }
         outcome
     }

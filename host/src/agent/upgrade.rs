@@ -140,6 +140,16 @@ impl Runner {
                 return Err(why);
             }
         };
+        if let Err(refused) = self.admit_snapshot(&self.version, &state) {
+            let why = format!(
+                "upgrade to v{} refused: {refused}, so it cannot be handed over; v{} keeps serving, nothing lost; {}",
+                green.version,
+                self.version,
+                super::snapshot_limit::FIX
+            );
+            self.parts.status.record(&name, why.clone());
+            return Err(why);
+        }
         green.live.begin_turn(None, budget);
         let refused = match green.live.call_restore(&self.version, &state).await {
             Ok(Ok(())) => None,
@@ -216,6 +226,12 @@ impl Runner {
             }
             None => Err(format!("v{} is restarting", self.version)),
         };
+        // A state over the limit is not handed back: like a refusal of the old version.
+        let state = state.and_then(|state| {
+            self.admit_snapshot(&self.version, &state)
+                .map(|()| state)
+                .map_err(|refused| format!("{refused}; {}", super::snapshot_limit::FIX))
+        });
         let refused = match &state {
             Ok(state) => {
                 previous.live.begin_turn(None, budget);
@@ -265,11 +281,7 @@ impl Runner {
         self.parts.code = previous.code;
         self.last_snapshot = None;
         self.since_snapshot = 0;
-        if let Some(encoded) = self.take_snapshot().await {
-            if let Some(writer) = &self.writer {
-                writer.submit(encoded);
-            }
-        }
+        self.snapshot_to_store().await;
         self.parts
             .status
             .set_serving(&self.version, &self.parts.code.digest(), None);

@@ -302,7 +302,7 @@ fn status(value: &Value) -> String {
     push_line(
         o,
         format_args!(
-            "limits     {} over CPU budget, {} memory growths refused, {} stack overflows, {} blocked host calls, {} file writes refused, {} messages over the publish rate, {} table growths refused, {} log lines over the log rate, {} lifecycle calls over their time bound",
+            "limits     {} over CPU budget, {} memory growths refused, {} stack overflows, {} blocked host calls, {} file writes refused, {} messages over the publish rate, {} table growths refused, {} log lines over the log rate, {} lifecycle calls over their time bound, {} snapshots refused",
             hits("cpu"),
             hits("memory"),
             hits("stack"),
@@ -311,7 +311,8 @@ fn status(value: &Value) -> String {
             hits("publish_rate"),
             hits("table"),
             hits("log_rate"),
-            hits("lifecycle")
+            hits("lifecycle"),
+            hits("snapshot")
         ),
     );
     if let Some(subs) = a["subscriptions"].as_array() {
@@ -429,9 +430,7 @@ mod tests {
             "only the grants' own tab: {out:?}"
         );
         assert!(
-            out.contains(
-                ", 0 log lines over the log rate, 0 lifecycle calls over their time bound\n"
-            ),
+            out.contains(", 0 lifecycle calls over their time bound, 0 snapshots refused\n"),
             "{out}"
         );
     }

@@ -25,6 +25,12 @@ mod sandbox_tests;
 #[cfg(test)]
 mod tests;
 
+/// `[engine] max_component_bytes` when the config sets none: far above any agent (a few
+/// MiB), far below what would strain a node's memory.
+pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 128 << 20;
+/// Largest node config file read: a config is a few KiB of TOML.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
 /// Everything the node needs to start, after defaults and environment overrides.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeConfig {
@@ -140,6 +146,9 @@ pub struct EngineSection {
     pub max_memory: u64,
     /// How often the epoch ticks; CPU limits are enforced at this granularity.
     pub epoch_tick_ms: u64,
+    /// Largest component file `host load` and `host upgrade` read; a bigger one (or
+    /// anything but a regular file) is refused before it is read into memory.
+    pub max_component_bytes: u64,
 }
 
 /// Limits for agents whose manifest leaves them unset.
@@ -263,6 +272,7 @@ impl Default for EngineSection {
             max_agents: 1000,
             max_memory: 64 << 20,
             epoch_tick_ms: 10,
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
         }
     }
 }
@@ -385,12 +395,17 @@ impl NodeConfig {
             env::apply(&mut config, env)?;
             return Ok(config);
         };
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: Some(path.to_path_buf()),
-            field: None,
-            env_var: None,
-            problem: format!("cannot read the file: {e}; expected a readable TOML node config"),
-        })?;
+        let text = crate::bounded_file::read_to_string(path, MAX_CONFIG_FILE_BYTES).map_err(
+            |e| ConfigError {
+                file: Some(path.to_path_buf()),
+                field: None,
+                env_var: None,
+                problem: format!(
+                    "cannot read the file: {e}; expected a readable TOML node config of at most {} (a config is a few KiB)",
+                    crate::units::format_bytes(MAX_CONFIG_FILE_BYTES)
+                ),
+            },
+        )?;
         Self::parse(&text, Some(path), env)
     }
 

@@ -171,7 +171,15 @@ fn http(root: &Section) -> Result<HttpSection, FieldError> {
 }
 
 fn engine(root: &Section) -> Result<EngineSection, FieldError> {
-    let s = root.section("engine", &["max_agents", "max_memory", "epoch_tick_ms"])?;
+    let s = root.section(
+        "engine",
+        &[
+            "max_agents",
+            "max_memory",
+            "epoch_tick_ms",
+            "max_component_bytes",
+        ],
+    )?;
     let d = EngineSection::default();
     Ok(EngineSection {
         max_agents: s
@@ -183,6 +191,9 @@ fn engine(root: &Section) -> Result<EngineSection, FieldError> {
         epoch_tick_ms: s
             .positive("epoch_tick_ms", "10", "the epoch would never tick")?
             .unwrap_or(d.epoch_tick_ms),
+        max_component_bytes: s
+            .positive_bytes("max_component_bytes", "no component could be loaded")?
+            .unwrap_or(d.max_component_bytes),
     })
 }
 

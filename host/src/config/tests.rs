@@ -40,7 +40,8 @@ fn no_file_means_the_documented_defaults() {
         EngineSection {
             max_agents: 1000,
             max_memory: 64 << 20,
-            epoch_tick_ms: 10
+            epoch_tick_ms: 10,
+            max_component_bytes: 128 << 20
         }
     );
     assert_eq!(
@@ -119,6 +120,7 @@ listen = "0.0.0.0:9000"
 max_agents = 10
 max_memory = "128MiB"
 epoch_tick_ms = 5
+max_component_bytes = "32MiB"
 [defaults]
 memory = "32MiB"
 cpu_ms_per_message = 50
@@ -164,7 +166,8 @@ manifest = "/etc/agents/sage.toml"
         EngineSection {
             max_agents: 10,
             max_memory: 128 << 20,
-            epoch_tick_ms: 5
+            epoch_tick_ms: 5,
+            max_component_bytes: 32 << 20
         }
     );
     assert_eq!(c.defaults.memory, 32 << 20);
@@ -282,6 +285,8 @@ fn bad_values_name_the_field_and_what_is_expected() {
         ("[engine]\nmax_agents = 0", "field engine.max_agents: 0 is not allowed"),
         ("[engine]\nmax_memory = \"lots\"", "field engine.max_memory: \"lots\" does not start with a whole number; expected a size like"),
         ("[engine]\nepoch_tick_ms = 0", "field engine.epoch_tick_ms: 0 is not allowed"),
+        ("[engine]\nmax_component_bytes = 0", "field engine.max_component_bytes: 0 bytes is not allowed (no component could be loaded)"),
+        ("[engine]\nmax_component_bytes = \"huge\"", "field engine.max_component_bytes: \"huge\" does not start with a whole number; expected a size like"),
         ("[nats]\nack_wait_ms = 1000\nrequest_pairing_wait_ms = 1000", "field nats.request_pairing_wait_ms: 1000 ms is not shorter than ack_wait_ms (1000 ms)"),
         ("[defaults]\ncpu_ms_per_message = 0", "field defaults.cpu_ms_per_message: 0 is not allowed"),
         ("[defaults]\nmax_message_bytes = 0", "field defaults.max_message_bytes: 0 bytes is not allowed"),
@@ -334,6 +339,27 @@ fn unreadable_files_report_the_os_error() {
         "{err}"
     );
     assert!(err.contains("os error"), "{err}");
+}
+
+#[test]
+fn a_device_or_an_oversized_file_is_refused_as_a_node_config_before_it_is_read() {
+    let err = NodeConfig::load_with_env(Some(Path::new("/dev/zero")), &no_env)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "config /dev/zero: cannot read the file: it is not a regular file (it is a character device); expected a readable TOML node config of at most 1MiB (a config is a few KiB)");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
+    let err = NodeConfig::load_with_env(Some(&path), &no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("it is 2MiB (2097152 bytes), more than the limit of 1MiB"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::protocol::{Reply, Request, Response};
@@ -14,7 +14,7 @@ use crate::bus::BusMessage;
 use crate::node::Node;
 
 /// Longest request line accepted (a load request is a few hundred bytes; a send carries
-/// its payload).
+/// its payload). A connection is read through this bound, never a whole line first.
 const MAX_REQUEST: usize = 16 * 1024 * 1024;
 
 /// Binds the socket (owner-only) and serves requests until the node stops.
@@ -87,28 +87,48 @@ impl Drop for ControlServer {
 async fn serve_connection(node: Arc<Node>, stream: UnixStream) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
         line.clear();
-        let n = lines.read_line(&mut line).await?;
+        // Read through a bound: a client sending an endless line gets refused once it
+        // passes the limit, instead of the node holding the whole line in memory first.
+        let n = (&mut lines)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
         if n == 0 {
             return Ok(());
         }
-        let response = if line.len() > MAX_REQUEST {
-            Response::err(format!(
-                "request of {} bytes is over the {MAX_REQUEST}-byte limit",
-                line.len()
-            ))
-        } else {
-            match serde_json::from_str::<Request>(line.trim_end()) {
+        if line.len() > MAX_REQUEST && line.last() != Some(&b'\n') {
+            let refused = Response::err(format!(
+                "request line longer than the {} a control request may be; nothing was done. This connection is closed, since the rest of the line cannot be read as requests",
+                crate::units::format_bytes(MAX_REQUEST as u64)
+            ));
+            send(&mut write, &refused).await?;
+            return Ok(());
+        }
+        let response = match std::str::from_utf8(&line) {
+            Ok(text) => match serde_json::from_str::<Request>(text.trim_end()) {
                 Ok(req) => handle(&node, req).await,
                 Err(e) => Response::err(format!("not a control request ({e}); expected one JSON object per line with a \"verb\"")),
-            }
+            },
+            Err(e) => Response::err(format!(
+                "not a control request: the line is not UTF-8 ({e}); expected one JSON object per line with a \"verb\""
+            )),
         };
-        let mut out = serde_json::to_vec(&response)?;
-        out.push(b'\n');
-        write.write_all(&out).await?;
+        send(&mut write, &response).await?;
     }
+}
+
+/// Writes one response line.
+async fn send(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    response: &Response,
+) -> anyhow::Result<()> {
+    let mut out = serde_json::to_vec(response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
 }
 
 /// Runs one request against the node.

@@ -190,6 +190,15 @@ fn storage_and_limits(m: &Manifest, out: &mut String) {
             .map(|n| n.to_string())
             .unwrap_or_else(node_default)
     );
+    let _ = writeln!(
+        out,
+        "  largest snapshot of its state: {}{}",
+        format_bytes(m.max_snapshot_bytes()),
+        match l.max_snapshot_bytes {
+            Some(_) => "",
+            None => " (its [kv] max_bytes)",
+        }
+    );
     let count = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_else(node_default);
     let _ = writeln!(
         out,
@@ -280,6 +289,7 @@ mod tests {
             "memory: node default",
             "CPU time per message: node default",
             "largest message: node default",
+            "largest snapshot of its state: 1MiB (its [kv] max_bytes)",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }

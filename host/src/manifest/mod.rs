@@ -25,6 +25,9 @@ mod tests;
 pub const DEFAULT_CLUSTER: &str = "default";
 /// KV quota when `[kv] max_bytes` is absent: enough for small state, not for hoarding.
 pub const DEFAULT_KV_MAX_BYTES: u64 = 1 << 20;
+/// Largest manifest file read: a manifest is a few KiB of TOML, and a path to a huge file
+/// or `/dev/zero` must not fill the node's memory.
+pub const MAX_MANIFEST_FILE_BYTES: u64 = 1 << 20;
 /// KV key count when `[kv] max_keys` is absent.
 pub const DEFAULT_KV_MAX_KEYS: u64 = 10_000;
 
@@ -160,6 +163,9 @@ pub struct Limits {
     pub instances: Option<u32>,
     pub tables: Option<u32>,
     pub memories: Option<u32>,
+    /// Largest snapshot of its state the host keeps, persists or hands to another version;
+    /// `None` means the agent's `[kv] max_bytes` (see [`Manifest::max_snapshot_bytes`]).
+    pub max_snapshot_bytes: Option<u64>,
 }
 
 /// A manifest that cannot be used: which file, which field, what is wrong and expected.
@@ -211,11 +217,16 @@ impl Manifest {
         path: &Path,
         default_name: Option<&str>,
     ) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
-            file: Some(path.to_path_buf()),
-            field: None,
-            problem: format!("cannot read the file: {e}; expected a readable TOML manifest"),
-        })?;
+        let text = crate::bounded_file::read_to_string(path, MAX_MANIFEST_FILE_BYTES).map_err(
+            |e| ManifestError {
+                file: Some(path.to_path_buf()),
+                field: None,
+                problem: format!(
+                    "cannot read the file: {e}; expected a readable TOML manifest of at most {} (a manifest is a few KiB)",
+                    crate::units::format_bytes(MAX_MANIFEST_FILE_BYTES)
+                ),
+            },
+        )?;
         Self::parse_with_name(&text, Some(path), default_name)
     }
 
@@ -294,6 +305,13 @@ impl Manifest {
             .models
             .iter()
             .any(|granted| granted == "*" || granted == model)
+    }
+
+    /// The largest snapshot the host takes of this agent: `[limits] max_snapshot_bytes`,
+    /// else `[kv] max_bytes`, since a snapshot is stored in the node's KV store like the
+    /// agent's own data and should not let it store more than its quota that way.
+    pub fn max_snapshot_bytes(&self) -> u64 {
+        self.limits.max_snapshot_bytes.unwrap_or(self.kv.max_bytes)
     }
 
     /// Plain-words summary of everything this agent may do (used by `host check`), including

@@ -238,6 +238,7 @@ fn limits(root: &Section) -> Result<Limits, FieldError> {
             "instances",
             "tables",
             "memories",
+            "max_snapshot_bytes",
         ],
     )?;
     let no_zero = "the agent could not run; leave the field out for the node default";
@@ -259,6 +260,10 @@ fn limits(root: &Section) -> Result<Limits, FieldError> {
         instances: s.positive("instances", "20", no_zero)?,
         tables: s.positive("tables", "4", no_zero)?,
         memories: s.positive("memories", "2", no_zero)?,
+        max_snapshot_bytes: s.positive_bytes(
+            "max_snapshot_bytes",
+            "no state could be saved; leave the field out for the agent's [kv] max_bytes",
+        )?,
     })
 }
 

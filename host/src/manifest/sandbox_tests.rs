@@ -133,3 +133,33 @@ fn instance_and_table_counts_are_positive_whole_numbers() {
         assert!(shown.contains("expected a whole number like"), "{shown}");
     }
 }
+
+#[test]
+fn the_snapshot_limit_defaults_to_the_kv_quota_and_must_be_a_positive_size() {
+    let m = parse("[kv]\nmax_bytes = \"64KiB\"\n").unwrap();
+    assert_eq!(m.limits.max_snapshot_bytes, None);
+    assert_eq!(
+        m.max_snapshot_bytes(),
+        64 << 10,
+        "absent: the [kv] max_bytes"
+    );
+    let m =
+        parse("[kv]\nmax_bytes = \"64KiB\"\n[limits]\nmax_snapshot_bytes = \"4MiB\"\n").unwrap();
+    assert_eq!(m.max_snapshot_bytes(), 4 << 20);
+    assert!(m
+        .describe()
+        .contains("largest snapshot of its state: 4MiB\n"));
+    let shown = refused(
+        "[limits]\nmax_snapshot_bytes = 0\n",
+        "limits.max_snapshot_bytes",
+    );
+    assert!(
+        shown.contains("0 bytes is not allowed (no state could be saved"),
+        "{shown}"
+    );
+    let shown = refused(
+        "[limits]\nmax_snapshot_bytes = \"big\"\n",
+        "limits.max_snapshot_bytes",
+    );
+    assert!(shown.contains("expected a size like"), "{shown}");
+}

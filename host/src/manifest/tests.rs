@@ -434,6 +434,25 @@ fn unreadable_files_report_the_os_error() {
 }
 
 #[test]
+fn a_device_or_an_oversized_file_is_refused_as_a_manifest_before_it_is_read() {
+    let shown = Manifest::from_file(Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(shown, "manifest /dev/zero: cannot read the file: it is not a regular file (it is a character device); expected a readable TOML manifest of at most 1MiB (a manifest is a few KiB)");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.toml");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let shown = Manifest::from_file(&path).unwrap_err().to_string();
+    assert!(
+        shown.contains("it is 1GiB (1073741824 bytes), more than the limit of 1MiB"),
+        "{shown}"
+    );
+}
+
+#[test]
 fn from_file_reads_and_resolves_against_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sage.toml");

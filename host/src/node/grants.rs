@@ -51,6 +51,7 @@ impl Node {
             counts: crate::agent::limits::counts_for(manifest, &d.counts)?,
             init_timeout: Duration::from_millis(d.init_timeout_ms),
             handoff_timeout: Duration::from_millis(d.handoff_timeout_ms),
+            max_snapshot_bytes: manifest.max_snapshot_bytes(),
         })
     }
 

@@ -13,6 +13,7 @@
 //! redb commits with fsync, so writes run on tokio's blocking pool; reads are short and
 //! never wait for writers (MVCC), so they run inline.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -106,6 +107,37 @@ impl Drop for Flusher {
     }
 }
 
+/// Mode of the store file: it holds every agent's data and snapshots, for the node's user
+/// only.
+pub const STORE_FILE_MODE: u32 = 0o600;
+
+/// Opens (or creates) the store file owner-only: a new file gets the mode at creation, not
+/// by a chmod after, and an existing one that others could read (made before the host
+/// created it owner-only) is tightened, since it is the node's own.
+fn open_private(path: &Path) -> Result<std::fs::File, KvError> {
+    let unavailable = |e: std::io::Error| {
+        KvError::Unavailable(format!("cannot open kv store {}: {e}", path.display()))
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(STORE_FILE_MODE)
+        .open(path)
+        .map_err(unavailable)?;
+    let mode = file.metadata().map_err(unavailable)?.permissions().mode() & 0o7777;
+    if mode != STORE_FILE_MODE {
+        file.set_permissions(std::fs::Permissions::from_mode(STORE_FILE_MODE))
+            .map_err(unavailable)?;
+        tracing::warn!(
+            "kv store {} had mode {mode:04o}; it is now {STORE_FILE_MODE:04o} (owner only): it holds every agent's data",
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
 /// An empty durable commit: makes all earlier non-durable commits durable.
 fn flush(db: &Database) -> Result<(), KvError> {
     let mut txn = db.begin_write().or_kv("flush")?;
@@ -125,21 +157,30 @@ impl EmbeddedKv {
     /// Opens the store with the given [`SyncPolicy`].
     pub fn open_with(path: &Path, sync: SyncPolicy) -> Result<EmbeddedKv, KvError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                KvError::Unavailable(format!(
-                    "cannot create directory {} for the kv store {}: {e}",
-                    parent.display(),
-                    path.display()
-                ))
-            })?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(crate::node::data_dir::PRIVATE_DIR_MODE)
+                .create(parent)
+                .map_err(|e| {
+                    KvError::Unavailable(format!(
+                        "cannot create directory {} for the kv store {}: {e}",
+                        parent.display(),
+                        path.display()
+                    ))
+                })?;
         }
-        let db = Database::create(path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => KvError::Unavailable(format!(
-                "kv store {} is already open (is another host using this data dir?)",
-                path.display()
-            )),
-            other => classify(&format!("cannot open kv store {}", path.display()), other),
-        })?;
+        let file = open_private(path)?;
+        let backend = redb::backends::FileBackend::new(file)
+            .map_err(|e| classify(&format!("cannot open kv store {}", path.display()), e))?;
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| match e {
+                DatabaseError::DatabaseAlreadyOpen => KvError::Unavailable(format!(
+                    "kv store {} is already open (is another host using this data dir?)",
+                    path.display()
+                )),
+                other => classify(&format!("cannot open kv store {}", path.display()), other),
+            })?;
         // Create the tables up front so reads never meet a missing table.
         let txn = db.begin_write().or_kv("creating tables")?;
         txn.open_table(ENTRIES).or_kv("creating tables")?;

@@ -379,3 +379,27 @@ async fn with_a_sync_interval_writes_are_durable_after_the_store_closes() {
     let kv = EmbeddedKv::open(&path).unwrap();
     assert_eq!(kv.get("ns", "k").await.unwrap().unwrap().value, b"99");
 }
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn the_store_file_and_its_new_folder_are_for_the_owner_only() {
+    let (dir, kv) = store();
+    assert_eq!(mode_of(kv.path()), 0o600);
+    assert_eq!(mode_of(&dir.path().join("data")), 0o700);
+}
+
+#[test]
+fn a_store_file_others_could_read_is_tightened_when_it_is_opened() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    drop(EmbeddedKv::open(&path).unwrap());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let kv = EmbeddedKv::open(&path).unwrap();
+    assert_eq!(mode_of(&path), 0o600);
+    drop(kv);
+}

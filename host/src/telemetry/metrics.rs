@@ -22,7 +22,7 @@ pub struct AgentLabels {
 }
 
 /// An agent and the limit it ran into (`cpu`, `memory`, `stack`, `host_call`, `files`, `publish_rate`,
-/// `table`, `lifecycle`, `log_rate`).
+/// `table`, `lifecycle`, `log_rate`, `snapshot`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
     pub agent: String,
@@ -159,10 +159,12 @@ pub struct LimitHits {
     /// Log lines of the agent (`runtime.log`, stdout, stderr) dropped over
     /// `[limits] log_lines_per_second`.
     pub log_rate: Counter,
+    /// Snapshots refused at `[limits] max_snapshot_bytes`.
+    pub snapshot: Counter,
 }
 
 impl LimitHits {
-    const KINDS: [&'static str; 9] = [
+    const KINDS: [&'static str; 10] = [
         "cpu",
         "memory",
         "stack",
@@ -172,6 +174,7 @@ impl LimitHits {
         "table",
         "lifecycle",
         "log_rate",
+        "snapshot",
     ];
 
     /// The counts so far, as `host status` shows them.
@@ -186,6 +189,7 @@ impl LimitHits {
             table: self.table.get(),
             lifecycle: self.lifecycle.get(),
             log_rate: self.log_rate.get(),
+            snapshot: self.snapshot.get(),
         }
     }
 }
@@ -269,7 +273,7 @@ impl Metrics {
         );
         registry.register(
             "limit_hits",
-            "Times an agent ran into a limit (cpu, memory, stack, host_call, files, publish_rate, table, lifecycle, log_rate)",
+            "Times an agent ran into a limit (cpu, memory, stack, host_call, files, publish_rate, table, lifecycle, log_rate, snapshot)",
             m.limit_hits.clone(),
         );
         registry.register(
@@ -346,6 +350,7 @@ impl Metrics {
                 table: self.limit_hit(&labels, "table"),
                 lifecycle: self.limit_hit(&labels, "lifecycle"),
                 log_rate: self.limit_hit(&labels, "log_rate"),
+                snapshot: self.limit_hit(&labels, "snapshot"),
             },
             canary_percent: self.canary_percent.get_or_create(&labels).clone(),
             upgrade_events: self.upgrade_events.clone(),

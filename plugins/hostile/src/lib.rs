@@ -37,6 +37,8 @@
 //! - `say N`: N `runtime.log` lines, as fast as it can; replies how many it wrote.
 //! - `deny-flood N`: N publishes its manifest does not grant; replies how many were denied.
 //! - `fail TEXT`: `handle` returns an error with TEXT (raw), the agent's last error.
+//! - `bloat N`: adds N bytes to its state (what `snapshot` hands the host) and replies how
+//!   many it holds (`bloat 0` only tells); `slim` drops them again.
 //!
 //! Manifest `[config] init = "panic"` makes `init` panic always (the load is refused);
 //! `init = "panic-on-restart"` makes it panic on every start after the first (it leaves a
@@ -52,6 +54,9 @@ use agent_sdk::prelude::*;
 #[derive(Default, Serialize, Deserialize)]
 struct Hostile {
     attacks: u64,
+    /// Ballast `bloat` grows the state with, to make the host store a huge snapshot.
+    #[serde(default)]
+    ballast: String,
 }
 
 impl Agent for Hostile {
@@ -125,6 +130,15 @@ impl Agent for Hostile {
             "say" => say(rest.trim().parse().unwrap_or(1_000)),
             "deny-flood" => deny_flood(rest.trim().parse().unwrap_or(1_000_000)),
             "fail" => return Err(AgentError::new(rest)),
+            "bloat" | "slim" => {
+                match verb {
+                    "bloat" => self
+                        .ballast
+                        .push_str(&"b".repeat(rest.trim().parse().unwrap_or(0))),
+                    _ => self.ballast = String::new(),
+                }
+                format!("{verb}: {} bytes of ballast", self.ballast.len())
+            }
             other => return Err(AgentError::new(format!("unknown attack '{other}'"))),
         };
         msg.reply(outcome)

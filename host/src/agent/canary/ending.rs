@@ -112,7 +112,12 @@ impl Runner {
                     "the canary cannot complete: a state hand-off failed: {}",
                     failed.text()
                 );
-                if !matches!(failed, HandoffFailed::AgentFailed) {
+                // A state over the snapshot limit is intact where it is: the canary goes
+                // on rather than being forced back to blue's state at its start.
+                if !matches!(
+                    failed,
+                    HandoffFailed::AgentFailed | HandoffFailed::TooLarge(_)
+                ) {
                     let _ = self.end_canary_backwards(&why, true).await;
                 }
                 return Err(why);
