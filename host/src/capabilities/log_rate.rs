@@ -9,35 +9,25 @@
 //! The first drop, then at most one a second, is noted in the log with how many lines were
 //! dropped since the previous note.
 
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
+use super::bucket::TokenBucket;
 use crate::telemetry::sample::LogSample;
 use crate::telemetry::AgentMetrics;
 
 /// The log-line budget of one agent, shared by `runtime.log`, stdout and stderr.
 pub struct LogRate {
-    per_second: u32,
-    bucket: Mutex<Bucket>,
+    bucket: TokenBucket,
     agent: Arc<str>,
     metrics: Arc<AgentMetrics>,
     notes: LogSample,
-}
-
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
 }
 
 impl LogRate {
     /// A full bucket: an agent may write one second's worth of lines at once.
     pub fn new(per_second: u32, agent: &str, metrics: Arc<AgentMetrics>) -> LogRate {
         LogRate {
-            per_second,
-            bucket: Mutex::new(Bucket {
-                tokens: f64::from(per_second),
-                refilled: Instant::now(),
-            }),
+            bucket: TokenBucket::new(per_second),
             agent: Arc::from(agent),
             metrics,
             notes: LogSample::new(),
@@ -52,7 +42,7 @@ impl LogRate {
     /// Whether the agent may write one more line now. A line over the rate is counted and
     /// must be dropped; the first drop, then at most one a second, is noted in the log.
     pub fn admit(&self) -> bool {
-        if self.try_take_at(Instant::now()) {
+        if self.bucket.try_take() {
             return true;
         }
         self.metrics.limits.log_rate.inc();
@@ -61,54 +51,22 @@ impl LogRate {
                 agent = %self.agent,
                 "log lines dropped: agent '{}' writes more than {} lines per second ([limits] log_lines_per_second); {} dropped since the previous note, {} in all — log less, or raise the limit in its manifest",
                 self.agent,
-                self.per_second,
+                self.bucket.per_second(),
                 unnoted + 1,
                 self.metrics.limits.log_rate.get()
             );
         }
         false
     }
-
-    fn try_take_at(&self, now: Instant) -> bool {
-        let mut b = self.bucket.lock().expect("log rate lock");
-        let rate = f64::from(self.per_second);
-        let elapsed = now.saturating_duration_since(b.refilled).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * rate).min(rate);
-        b.refilled = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn rate(per_second: u32) -> LogRate {
         let metrics = crate::telemetry::Metrics::new().for_agent("a", "default");
         LogRate::new(per_second, "a", metrics)
-    }
-
-    #[test]
-    fn an_agent_may_write_one_seconds_worth_at_once_then_at_the_rate() {
-        let r = rate(10);
-        let start = Instant::now();
-        let written = (0..100).filter(|_| r.try_take_at(start)).count();
-        assert_eq!(written, 10, "the burst is one second's worth");
-        assert!(!r.try_take_at(start + Duration::from_millis(50)));
-        assert!(r.try_take_at(start + Duration::from_millis(100)));
-        let later = start + Duration::from_secs(60);
-        let written = (0..100).filter(|_| r.try_take_at(later)).count();
-        assert_eq!(
-            written, 10,
-            "an idle minute refills one second's worth, no more"
-        );
     }
 
     #[test]

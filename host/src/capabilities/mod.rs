@@ -1,6 +1,7 @@
 //! The host side of the WIT imports. One module per interface; each checks the agent's
 //! manifest at the top of every call and answers `error::denied` naming the grant to add.
 
+mod bucket;
 pub mod files;
 pub mod kv;
 pub mod llm;
