@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 
 use super::health::HealthReport;
 use crate::node::Node;
@@ -34,7 +34,9 @@ pub async fn serve(
 }
 
 /// 200 when every agent runs and the bus is connected, 503 ("degraded") otherwise; the
-/// body says which agents are not running and where the bus stands.
+/// body says which agents are not running and where the bus stands. Agents' texts in it
+/// (their last errors) have every control character escaped, C1 and bidi controls too,
+/// which JSON itself would let through to a terminal running `curl`.
 async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let report = HealthReport::of(&node).await;
     let code = if report.is_ok() {
@@ -42,7 +44,14 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(report))
+    let body = health_body(&report);
+    (code, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// The JSON of `report`, with the controls JSON leaves raw (DEL, C1, bidi) escaped too.
+fn health_body(report: &HealthReport) -> String {
+    let json = serde_json::to_string(report).unwrap_or_default();
+    crate::escape::for_json(&json).into_owned()
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
@@ -55,4 +64,34 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         )],
         node.metrics.encode(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::AgentState;
+    use crate::bus::Transport;
+    use crate::telemetry::health::{HealthStatus, NotRunning};
+
+    #[test]
+    fn an_agents_text_in_health_reaches_no_terminal_raw_and_stays_the_same_json_value() {
+        let text = "trap: \u{1b}[2J\u{9b}31m\u{202e}gnirts";
+        let report = HealthReport {
+            status: HealthStatus::Degraded,
+            agents: 1,
+            not_running: vec![NotRunning {
+                agent: "evil".into(),
+                state: AgentState::Failed,
+                last_error: Some(text.into()),
+            }],
+            bus: crate::bus::EmbeddedBus::default().state(),
+        };
+        let body = health_body(&report);
+        assert!(
+            !body.chars().any(crate::escape::is_hazard),
+            "no raw control character: {body:?}"
+        );
+        let back: HealthReport = serde_json::from_str(&body).unwrap();
+        assert_eq!(back.not_running[0].last_error.as_deref(), Some(text));
+    }
 }
