@@ -18,9 +18,9 @@ pub fn check_manifest(data: &[u8]) {
         Ok(manifest) => {
             let _ = manifest.describe();
             let _ = manifest.agent_ref();
-            let _ = manifest.may_publish("agent.to.other.task");
-            let _ = manifest.may_send_to("other");
-            let _ = manifest.may_use_model("llama3.2:1b");
+            let _ = manifest.messaging.allows_publish("agent.to.other.task");
+            let _ = manifest.messaging.allows_send_to("other");
+            let _ = manifest.llm.allows_model("llama3.2:1b");
         }
         Err(e) => assert!(
             !e.to_string().is_empty(),

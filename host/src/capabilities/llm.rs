@@ -75,7 +75,7 @@ impl LlmCtx {
                 "{model:?} is not a model name; expected a name like \"llama3.2:1b\""
             )));
         }
-        if self.grants.models.iter().any(|m| m == "*" || m == model) {
+        if self.grants.allows_model(model) {
             return Ok(());
         }
         Err(deny(

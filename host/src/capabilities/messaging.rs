@@ -62,12 +62,7 @@ impl MessagingCtx {
             return Ok(());
         }
         subjects::validate_subject(subject).map_err(WitError::Invalid)?;
-        if self
-            .grants
-            .publish
-            .iter()
-            .any(|p| subjects::matches(p, subject))
-        {
+        if self.grants.allows_publish(subject) {
             return Ok(());
         }
         Err(deny(
@@ -81,7 +76,7 @@ impl MessagingCtx {
     }
 
     fn check_send(&self, to_name: &str) -> Result<(), WitError> {
-        if self.grants.send.iter().any(|n| n == "*" || n == to_name) {
+        if self.grants.allows_send_to(to_name) {
             return Ok(());
         }
         Err(deny(
@@ -188,17 +183,10 @@ impl MessagingCtx {
                     "agent '{}' may not send to {given}: id {id} is agent '{owner_cluster}.{owner_name}', not '{name}'; a reference must name the agent it reaches",
                     self.identity.name
                 );
-                return Err(
-                    match self
-                        .grants
-                        .send
-                        .iter()
-                        .any(|n| n == "*" || *n == owner_name)
-                    {
-                        true => WitError::Invalid(why),
-                        false => deny(&self.identity, &self.metrics, why),
-                    },
-                );
+                return Err(match self.grants.allows_send_to(&owner_name) {
+                    true => WitError::Invalid(why),
+                    false => deny(&self.identity, &self.metrics, why),
+                });
             }
         }
         match self.directory.lookup(name) {

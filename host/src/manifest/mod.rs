@@ -111,7 +111,8 @@ impl Default for Subscriptions {
     }
 }
 
-/// Where the agent may publish and whom it may address.
+/// Where the agent may publish and whom it may address. The rules below are the ones the
+/// messaging capability enforces: there is no other copy of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MessagingGrants {
     /// Subject patterns it may `publish` and `request` to.
@@ -120,14 +121,40 @@ pub struct MessagingGrants {
     pub send: Vec<String>,
 }
 
+impl MessagingGrants {
+    /// Whether a `publish` pattern covers `subject` (for publish and request).
+    pub fn allows_publish(&self, subject: &str) -> bool {
+        self.publish
+            .iter()
+            .any(|pattern| subjects::matches(pattern, subject))
+    }
+
+    /// Whether `send` lists the agent named `agent`, or `"*"`.
+    pub fn allows_send_to(&self, agent: &str) -> bool {
+        self.send
+            .iter()
+            .any(|granted| granted == "*" || granted == agent)
+    }
+}
+
 /// Which models the agent may call and how much.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LlmGrants {
-    /// Model names; `"*"` means any model. Empty means no LLM access.
+    /// Model names; `"*"` means any model. Empty means no LLM access ([`Self::allows_model`]
+    /// is the rule the LLM capability enforces).
     pub models: Vec<String>,
     pub max_tokens_per_minute: Option<u64>,
     pub max_requests_per_minute: Option<u32>,
     pub max_tokens_per_call: Option<u32>,
+}
+
+impl LlmGrants {
+    /// Whether `models` lists `model`, or `"*"`.
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models
+            .iter()
+            .any(|granted| granted == "*" || granted == model)
+    }
 }
 
 /// The agent's key-value quota in its own namespace.
@@ -281,30 +308,6 @@ impl Manifest {
             &self.agent.name,
             &self.agent.id.to_string(),
         )
-    }
-
-    /// Whether any `[messaging] publish` pattern covers `subject` (for publish and request).
-    pub fn may_publish(&self, subject: &str) -> bool {
-        self.messaging
-            .publish
-            .iter()
-            .any(|pattern| subjects::matches(pattern, subject))
-    }
-
-    /// Whether `[messaging] send` lists this agent name or `"*"`.
-    pub fn may_send_to(&self, agent_name: &str) -> bool {
-        self.messaging
-            .send
-            .iter()
-            .any(|granted| granted == "*" || granted == agent_name)
-    }
-
-    /// Whether `[llm] models` lists this model or `"*"`.
-    pub fn may_use_model(&self, model: &str) -> bool {
-        self.llm
-            .models
-            .iter()
-            .any(|granted| granted == "*" || granted == model)
     }
 
     /// The largest snapshot the host takes of this agent: `[limits] max_snapshot_bytes`,

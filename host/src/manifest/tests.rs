@@ -98,9 +98,9 @@ fn a_minimal_manifest_grants_nothing_but_its_own_inboxes_and_kv() {
     assert_eq!(m.subscriptions, Subscriptions::default());
     assert!(m.subscriptions.legacy && m.subscriptions.broadcast && m.subscriptions.agent_ref);
     assert!(!m.subscriptions.durable);
-    assert!(!m.may_publish("agent.to.x.y"));
-    assert!(!m.may_send_to("x"));
-    assert!(!m.may_use_model("llama3.2:1b"));
+    assert!(!m.messaging.allows_publish("agent.to.x.y"));
+    assert!(!m.messaging.allows_send_to("x"));
+    assert!(!m.llm.allows_model("llama3.2:1b"));
     assert_eq!(
         m.kv,
         KvGrants {
@@ -252,21 +252,21 @@ fn publish_grants_are_checked_patterns_named_by_index() {
 }
 
 #[test]
-fn may_publish_matches_any_granted_pattern() {
+fn publish_grants_match_any_granted_pattern() {
     let m = Manifest::parse(FULL, None).unwrap();
-    assert!(m.may_publish("agent.to.echo.hello"));
-    assert!(m.may_publish("agent.broadcast.status"));
-    assert!(!m.may_publish("agent.broadcast.shutdown"));
-    assert!(!m.may_publish("agent.to.echo"));
+    assert!(m.messaging.allows_publish("agent.to.echo.hello"));
+    assert!(m.messaging.allows_publish("agent.broadcast.status"));
+    assert!(!m.messaging.allows_publish("agent.broadcast.shutdown"));
+    assert!(!m.messaging.allows_publish("agent.to.echo"));
 }
 
 #[test]
 fn send_grants_are_agent_names_or_star() {
     let m = Manifest::parse(FULL, None).unwrap();
-    assert!(m.may_send_to("ddd-expert"));
-    assert!(!m.may_send_to("other"));
+    assert!(m.messaging.allows_send_to("ddd-expert"));
+    assert!(!m.messaging.allows_send_to("other"));
     let any = Manifest::parse(&agent("[messaging]\nsend = [\"*\"]"), None).unwrap();
-    assert!(any.may_send_to("anyone"));
+    assert!(any.messaging.allows_send_to("anyone"));
     let (_, shown) = error_of(&agent("[messaging]\nsend = [\"ok\", \"Bad Name\"]"));
     assert!(
         shown.contains("field messaging.send[1]: 'Bad Name' contains"),
@@ -278,10 +278,10 @@ fn send_grants_are_agent_names_or_star() {
 #[test]
 fn models_are_listed_or_star_and_budgets_are_positive() {
     let m = Manifest::parse(FULL, None).unwrap();
-    assert!(m.may_use_model("llama3.2:1b"));
-    assert!(!m.may_use_model("llama3.1:70b"));
+    assert!(m.llm.allows_model("llama3.2:1b"));
+    assert!(!m.llm.allows_model("llama3.1:70b"));
     let any = Manifest::parse(&agent("[llm]\nmodels = [\"*\"]"), None).unwrap();
-    assert!(any.may_use_model("whatever"));
+    assert!(any.llm.allows_model("whatever"));
     let (_, shown) = error_of(&agent("[llm]\nmodels = [\"\"]"));
     assert!(
         shown.contains("field llm.models[0]: \"\" is not a model name"),
