@@ -12,6 +12,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod convert;
 pub mod engine;
 pub mod escape;
 pub mod fuzzing;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,16 +14,20 @@ use crate::agent::upgrade::SwapReport;
 use crate::agent::AgentStatus;
 use crate::agent::{AgentHandle, AgentSummary, Identity};
 use crate::bus::{BusMessage, EmbeddedBus, NatsBus, NatsOptions, Transport};
-use crate::capabilities::messaging::Directory;
 use crate::config::NodeConfig;
 use crate::engine::Engine;
 use crate::manifest::Manifest;
 use crate::storage::{EmbeddedKv, KvBackend, NatsKv, NatsKvOptions, SyncPolicy};
 use crate::telemetry::Metrics;
 
+mod bench;
 pub mod data_dir;
+mod directory;
 mod grants;
+mod reservation;
 mod rollout;
+use directory::NodeDirectory;
+use reservation::Reservation;
 pub use rollout::{CanaryRun, WaveReport};
 
 /// What `host load` asks for.
@@ -34,51 +38,6 @@ pub struct LoadRequest {
     pub manifest: Option<PathBuf>,
     /// Overrides the manifest's name (or names an agent loaded without a manifest).
     pub name: Option<String>,
-}
-
-/// The agents on this node by name and by id, for `send` by name and to check a `send`
-/// by reference.
-#[derive(Default)]
-struct NodeDirectory {
-    maps: RwLock<DirectoryMaps>,
-}
-
-#[derive(Default)]
-struct DirectoryMaps {
-    /// name → (cluster, id)
-    by_name: HashMap<String, (String, String)>,
-    /// id → (cluster, name)
-    by_id: HashMap<String, (String, String)>,
-}
-
-impl NodeDirectory {
-    fn insert(&self, identity: &Identity) {
-        let mut maps = self.maps.write().expect("directory lock");
-        let (cluster, name, id) = (&identity.cluster, &identity.name, &identity.id);
-        maps.by_name
-            .insert(name.clone(), (cluster.clone(), id.clone()));
-        maps.by_id
-            .insert(id.clone(), (cluster.clone(), name.clone()));
-    }
-
-    fn remove(&self, name: &str) {
-        let mut maps = self.maps.write().expect("directory lock");
-        if let Some((_, id)) = maps.by_name.remove(name) {
-            maps.by_id.remove(&id);
-        }
-    }
-}
-
-impl Directory for NodeDirectory {
-    fn lookup(&self, name: &str) -> Option<(String, String)> {
-        let maps = self.maps.read().expect("directory lock");
-        maps.by_name.get(name).cloned()
-    }
-
-    fn lookup_id(&self, id: &str) -> Option<(String, String)> {
-        let maps = self.maps.read().expect("directory lock");
-        maps.by_id.get(id).cloned()
-    }
 }
 
 pub struct Node {
@@ -533,35 +492,6 @@ impl Node {
     }
 }
 
-/// A name and id held for a load in progress, released when the load ends either way.
-struct Reservation {
-    loading: Arc<std::sync::Mutex<HashMap<String, String>>>,
-    name: String,
-}
-
-impl Reservation {
-    fn new(loading: &Arc<std::sync::Mutex<HashMap<String, String>>>, manifest: &Manifest) -> Self {
-        let name = manifest.agent.name.clone();
-        loading
-            .lock()
-            .expect("loading lock")
-            .insert(name.clone(), manifest.agent.id.to_string());
-        Reservation {
-            loading: loading.clone(),
-            name,
-        }
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.loading
-            .lock()
-            .expect("loading lock")
-            .remove(&self.name);
-    }
-}
-
 /// `echo.wasm` → `echo`; names must be valid agent names.
 fn name_from_file(path: &Path) -> anyhow::Result<String> {
     let stem = path
@@ -577,60 +507,6 @@ fn name_from_file(path: &Path) -> anyhow::Result<String> {
         )
     })?;
     Ok(stem)
-}
-
-impl Node {
-    /// What a new instance of loaded agent `name` needs, for the benchmarks below.
-    async fn instance_parts_of(
-        &self,
-        name: &str,
-    ) -> anyhow::Result<(Code, Arc<crate::agent::AgentCaps>, InstanceLimits)> {
-        let agents = self.agents.lock().await;
-        let a = agents
-            .get(name)
-            .ok_or_else(|| self.unknown_agent(name, &agents))?;
-        Ok(a.instance_parts())
-    }
-
-    /// Times `n` instantiations of a loaded agent's component (fresh store each, from the
-    /// pooling allocator), for the dispatch benchmark.
-    #[doc(hidden)]
-    pub async fn bench_instantiate(&self, name: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
-        let (compiled, caps, limits) = self.instance_parts_of(name).await?;
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            let started = std::time::Instant::now();
-            let live =
-                crate::agent::instance::instantiate(&self.engine, &compiled, caps.clone(), limits)
-                    .await?;
-            out.push(started.elapsed());
-            drop(live);
-        }
-        Ok(out)
-    }
-
-    /// For benchmarks: the `handle` export alone, on a fresh live instance of agent `name`
-    /// with no bus or runner around it; `n` calls of `msg`, mean time per call. With a
-    /// `reply_to` the agent's reply goes through the messaging capability to the bus.
-    #[doc(hidden)]
-    pub async fn bench_handle(
-        &self,
-        name: &str,
-        msg: &crate::bindings::Message,
-        n: usize,
-    ) -> anyhow::Result<Duration> {
-        let (code, caps, limits) = self.instance_parts_of(name).await?;
-        let me = caps.runtime.identity.wit_ref();
-        let mut live =
-            crate::agent::instance::instantiate(&self.engine, &code, caps, limits).await?;
-        live.call_init(&me).await?.map_err(anyhow::Error::msg)?;
-        let started = std::time::Instant::now();
-        for _ in 0..n {
-            live.begin_turn(msg.reply_to.as_deref(), limits.cpu_per_message);
-            live.call_handle(msg).await?.map_err(anyhow::Error::msg)?;
-        }
-        Ok(started.elapsed() / n.max(1) as u32)
-    }
 }
 
 impl Node {

@@ -226,7 +226,7 @@ pub(super) struct Runner {
     /// The canary in progress (see `canary.rs`).
     pub(super) canary: Option<Box<Canary>>,
     /// The message handed to `handle`, kept between messages so its buffers are reused
-    /// (see [`crate::capabilities::messaging::fill_wit_message`]).
+    /// (see [`crate::convert::fill_wit_message`]).
     pub(super) wit_message: crate::bindings::Message,
     /// Lets a warning about misaddressed messages through at most once a second.
     pub(super) misaddressed_warnings: crate::bus::WarnGate,
@@ -257,7 +257,7 @@ impl Runner {
             previous: None,
             rollback_window,
             canary: None,
-            wit_message: crate::capabilities::messaging::empty_wit_message(),
+            wit_message: crate::convert::empty_wit_message(),
             misaddressed_warnings: crate::bus::WarnGate::new(),
             snapshot_refusals: Sampled::default(),
         };

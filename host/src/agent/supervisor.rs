@@ -11,7 +11,7 @@ use super::runner::Runner;
 use super::status::AgentState;
 use crate::bindings::Message;
 use crate::bus::BusMessage;
-use crate::capabilities::messaging::{empty_wit_message, fill_wit_message, from_wit_message};
+use crate::convert::{empty_wit_message, fill_wit_message, from_wit_message};
 use crate::subjects;
 
 /// Restarts in a row without a successful message before an agent is marked failed.
