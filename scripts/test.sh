@@ -45,7 +45,8 @@ echo "==> building the plugins (wasm32-wasip2 components)"
 echo "==> formatting and lints"
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)
-cargo clippy --workspace --all-targets -- -D warnings
+# --all-features: the benchmarks' and fuzz targets' code is behind features; lint it too.
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 (cd plugins && cargo clippy --release --target wasm32-wasip2 -- -D warnings)
 
 echo "==> tests"

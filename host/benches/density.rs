@@ -1,4 +1,4 @@
-//! `cargo bench --bench density`: how many agents one node holds and what each costs.
+//! `cargo bench -p host --features bench --bench density`: how many agents one node holds and what each costs.
 //!
 //! Loads `DENSITY_AGENTS` (default 10,000) copies of `plugins/echo` on one in-process node,
 //! each under its own name, then sends every one of them a request and waits for its reply,

@@ -1,4 +1,4 @@
-//! `cargo bench --bench dispatch`: a message through the embedded bus into a Wasm echo agent
+//! `cargo bench -p host --features bench --bench dispatch`: a message through the embedded bus into a Wasm echo agent
 //! and its reply back, against the same pipeline with a native Rust handler, plus the cost
 //! of instantiating an agent. Prints one JSON object per metric.
 //!

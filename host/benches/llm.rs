@@ -1,4 +1,4 @@
-//! `cargo bench -p host --bench llm`: what the host adds to an LLM call. An agent's `chat`
+//! `cargo bench -p host --features bench --bench llm`: what the host adds to an LLM call. An agent's `chat`
 //! through the node (plugins/probe's `chat` command: request in over the bus, the Wasm
 //! agent, the llm import with its manifest check, budgets, breaker, limiter, the HTTP call,
 //! the reply back) against a direct ollama-rs call to the same fake Ollama server in the same

@@ -1,4 +1,4 @@
-//! `cargo bench --bench nats`: request/reply throughput on a real nats-server through the host
+//! `cargo bench -p host --features bench --bench nats`: request/reply throughput on a real nats-server through the host
 //! and a Wasm echo agent, against a raw async-nats echo responder on the same server under
 //! the same client load, measured in the same run. Prints one JSON object per metric;
 //! `nats_ratio_vs_raw` is host ÷ raw (target ≥ 0.8). `durable_msgs_per_s`: messages a durable

@@ -1,4 +1,4 @@
-//! `cargo bench -p host --bench swap`: how long an agent stops handling messages while it
+//! `cargo bench -p host --features bench --bench swap`: how long an agent stops handling messages while it
 //! is swapped to a new version (snapshot + restore), at 1 KiB, 64 KiB and 1 MiB of state;
 //! how long a rollback takes end to end; while a client streams requests through 100+
 //! swaps and rollbacks, and then through a canary to 100 %, how many messages were lost or

@@ -15,6 +15,9 @@ pub mod control;
 pub mod convert;
 pub mod engine;
 pub mod escape;
+/// The fuzz targets' properties: for `host/fuzz` (feature `fuzzing`) and the test suite,
+/// which replays every input a fuzzer found; not in the shipped binary.
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod llm;
 pub mod manifest;

@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::instance::{Code, InstanceLimits};
-use crate::agent::native::NativeFactory;
 use crate::agent::runner::{self, AgentControls, Control, RunnerParts};
 use crate::agent::upgrade::SwapReport;
 use crate::agent::AgentStatus;
@@ -20,6 +19,7 @@ use crate::manifest::Manifest;
 use crate::storage::{EmbeddedKv, KvBackend, NatsKv, NatsKvOptions, SyncPolicy};
 use crate::telemetry::Metrics;
 
+#[cfg(feature = "bench")]
 mod bench;
 pub mod data_dir;
 mod directory;
@@ -222,13 +222,14 @@ impl Node {
             .await
     }
 
+    #[cfg(feature = "bench")]
     /// Runs a native Rust handler as agent `name` through the same runner and capability
     /// checks as a component (nothing granted but replies): the dispatch benchmark's baseline.
     #[doc(hidden)]
     pub async fn load_native(
         &self,
         name: &str,
-        factory: NativeFactory,
+        factory: crate::agent::native::NativeFactory,
     ) -> anyhow::Result<AgentSummary> {
         let manifest = Manifest::deny_all(name)?;
         let limits = self.instance_limits(&manifest)?;

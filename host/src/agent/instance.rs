@@ -9,6 +9,7 @@ use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx};
 use super::limits::{
     describe_trap, within_lifecycle_bound, HostCallWatch, InstanceCounts, LimitHit, Limiter,
 };
+#[cfg(feature = "bench")]
 use super::native::{NativeFactory, NativeGuest};
 use super::stdio::LogStream;
 use super::{AgentCaps, AgentStore, CpuBudgetExceeded, Turn};
@@ -21,14 +22,25 @@ use crate::manifest::{FilesAccess, FILES_GUEST_DIR};
 #[derive(Clone)]
 pub enum Code {
     Wasm(Arc<CompiledAgent>),
+    #[cfg(feature = "bench")]
     Native(NativeFactory),
 }
 
 impl Code {
+    /// Whether this is a component (native code, a benchmark's baseline, cannot be upgraded).
+    pub fn is_component(&self) -> bool {
+        match self {
+            Code::Wasm(_) => true,
+            #[cfg(feature = "bench")]
+            Code::Native(_) => false,
+        }
+    }
+
     /// The sha256 of the component ("native" for native code).
     pub fn digest(&self) -> String {
         match self {
             Code::Wasm(c) => c.digest.clone(),
+            #[cfg(feature = "bench")]
             Code::Native(_) => "native".to_string(),
         }
     }
@@ -36,6 +48,7 @@ impl Code {
 
 enum Guest {
     Wasm(Agent),
+    #[cfg(feature = "bench")]
     Native(Box<dyn NativeGuest>),
 }
 
@@ -79,6 +92,7 @@ impl Live {
         let call = watch.bound(async move {
             match guest {
                 Guest::Wasm(b) => b.agent_host_guest().call_version(store).await,
+                #[cfg(feature = "bench")]
                 Guest::Native(n) => Ok(n.version()),
             }
         });
@@ -92,6 +106,7 @@ impl Live {
         let call = watch.bound(async move {
             match guest {
                 Guest::Wasm(b) => b.agent_host_guest().call_init(store, me).await,
+                #[cfg(feature = "bench")]
                 Guest::Native(_) => Ok(Ok(())),
             }
         });
@@ -105,6 +120,7 @@ impl Live {
             .bound(async move {
                 match guest {
                     Guest::Wasm(b) => b.agent_host_guest().call_handle(store, msg).await,
+                    #[cfg(feature = "bench")]
                     Guest::Native(n) => Ok(n.handle(store.data_mut(), msg).await),
                 }
             })
@@ -118,6 +134,7 @@ impl Live {
         let call = watch.bound(async move {
             match guest {
                 Guest::Wasm(b) => b.agent_host_guest().call_snapshot(store).await,
+                #[cfg(feature = "bench")]
                 Guest::Native(n) => Ok(n.snapshot()),
             }
         });
@@ -164,6 +181,7 @@ impl Live {
                         .call_restore(store, from_version, state)
                         .await
                 }
+                #[cfg(feature = "bench")]
                 Guest::Native(n) => Ok(n.restore(from_version, state)),
             }
         });
@@ -273,6 +291,7 @@ pub async fn instantiate(
                     None => e,
                 })?,
         ),
+        #[cfg(feature = "bench")]
         Code::Native(factory) => Guest::Native(factory()),
     };
     Ok(Live {

@@ -7,6 +7,7 @@ pub mod gates;
 pub(crate) mod inbox;
 pub mod instance;
 pub mod limits;
+#[cfg(feature = "bench")]
 pub mod native;
 pub mod plan;
 pub mod runner;

@@ -142,7 +142,7 @@ impl Node {
                 a.identity.clone(),
             )
         };
-        if let Code::Native(_) = code {
+        if !code.is_component() {
             anyhow::bail!("agent '{name}' runs native code; only components can be upgraded");
         }
         if let Some(pinned) = pin.filter(|p| !p.eq_ignore_ascii_case(&compiled.digest)) {
