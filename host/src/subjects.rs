@@ -1,5 +1,5 @@
-//! Every subject string the host uses is built or checked here, so the subject scheme of
-//! DESIGN §4 lives in one place.
+//! Every subject string the host uses is built or checked here, so the subject scheme
+//! (docs/design.md, Subjects) lives in one place.
 //!
 //! Subjects are dot-separated tokens. In patterns, `*` matches exactly one token and `>`
 //! matches one or more tokens and may only stand last (NATS semantics).

@@ -3,10 +3,10 @@
 //!
 //! A gate is written the way operators say it: `error_rate<5%`, `p95<2x` (green's p95
 //! handle latency under twice blue's), `traps<1`, `memory<90%` (of the agent's memory
-//! limit), `llm_failures<10%`. The defaults are the operators' rollback triggers (DESIGN
-//! §10): error rate over 5 %, LLM backend failures over 10 %, memory over 90 %, and a trap
-//! storm (3 traps in one interval) — a storm rolls back at once, other breaches after
-//! [`DEFAULT_FAILED_CHECKS`] failed checks in a row.
+//! limit), `llm_failures<10%`. The defaults are the operators' rollback triggers
+//! (docs/design.md, The operators' world): error rate over 5 %, LLM backend failures over
+//! 10 %, memory over 90 %, and a trap storm (3 traps in one interval) — a storm rolls back
+//! at once, other breaches after [`DEFAULT_FAILED_CHECKS`] failed checks in a row.
 
 use std::fmt;
 use std::str::FromStr;

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::gates::{default_gates, Gate, DEFAULT_FAILED_CHECKS};
 
-/// The steps when none are given: the operators' upgrade plan (DESIGN §10).
+/// The steps when none are given: the operators' upgrade plan (docs/design.md, The
+/// operators' world).
 pub const DEFAULT_STEPS: [u8; 4] = [10, 25, 50, 100];
 /// How long each step is watched when no interval is given.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);

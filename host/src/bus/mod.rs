@@ -1,4 +1,4 @@
-//! The message bus agents talk through (DESIGN §4, §6).
+//! The message bus agents talk through (docs/design.md, Subjects and Backends).
 //!
 //! [`Transport`] is what the rest of the host uses; [`EmbeddedBus`] implements it in process
 //! (the default) and a NATS implementation follows the same contract, so an agent behaves
@@ -128,7 +128,8 @@ pub trait Transport: Send + Sync + 'static {
     async fn request(&self, msg: BusMessage, timeout: Duration) -> Result<BusMessage, BusError>;
 
     /// [`Transport::publish`] of a message an agent sends, stamped with its sender's
-    /// agent-ref in the `Agent-Ref` header (DESIGN §4), after the headers it already has.
+    /// agent-ref in the `Agent-Ref` header (docs/design.md, Subjects), after the headers it
+    /// already has.
     /// A transport may encode the stamp itself rather than as one more header in the list:
     /// NATS does, since it is on every reply and its name never changes.
     async fn publish_stamped(&self, mut msg: BusMessage, sender: &str) -> Result<(), BusError> {

@@ -1,5 +1,6 @@
 //! The NATS transport: the same [`Transport`] contract as the embedded bus, on a real NATS
-//! server or cluster (DESIGN §6), so agents behave the same on one machine and across nodes.
+//! server or cluster (docs/design.md, Backends), so agents behave the same on one machine
+//! and across nodes.
 //!
 //! One connection per node carries everything: every agent subscription, every publish and
 //! every request (async-nats multiplexes requests over one wildcard reply subscription).

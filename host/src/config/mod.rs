@@ -97,7 +97,8 @@ pub struct NodeSection {
     pub name: String,
     /// Where snapshots, KV data and the control socket live.
     pub data_dir: PathBuf,
-    /// Whether `send` uses the agent-ref subject scheme instead of the legacy one (DESIGN §4).
+    /// Whether `send` uses the agent-ref subject scheme instead of the legacy one
+    /// (docs/design.md, Subjects).
     pub unified_subjects: bool,
     /// Snapshot an agent's state every N messages; 0 means never.
     pub snapshot_every: u32,
@@ -123,7 +124,7 @@ pub struct NodeSection {
     pub conversation_header: String,
 }
 
-/// The local control API (DESIGN §9).
+/// The local control API (docs/design.md, Control).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ControlSection {
     /// Unix socket path; `None` means `<data_dir>/host.sock` (see [`NodeConfig::control_socket`]).

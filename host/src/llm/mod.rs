@@ -1,5 +1,5 @@
-//! LLM inference for agents (DESIGN §3 `llm`, §6): the backends (Ollama through ollama-rs,
-//! OpenAI-compatible servers), and what keeps dozens of agents from overrunning them: a
+//! LLM inference for agents (docs/design.md, The WIT world and Backends): the backends
+//! (Ollama through ollama-rs, OpenAI-compatible servers), and what keeps dozens of agents from overrunning them: a
 //! node-wide limiter per backend that is fair across agents, per-agent budgets from the
 //! manifest, retries with backoff, a circuit breaker per backend and a wall-clock timeout.
 //!

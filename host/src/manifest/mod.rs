@@ -1,4 +1,4 @@
-//! The capability manifest (DESIGN §5): what one agent may do, deny by default.
+//! The capability manifest (docs/design.md, Manifest): what one agent may do, deny by default.
 //!
 //! Every capability call the host serves is checked against a [`Manifest`]. Anything the
 //! manifest does not grant is refused, so the manifest is parsed strictly: unknown fields,
@@ -86,7 +86,7 @@ pub struct AgentSection {
     pub sha256: Option<String>,
 }
 
-/// Which of the agent's own subject patterns (DESIGN §4) the host subscribes.
+/// Which of the agent's own subject patterns (docs/design.md, Subjects) the host subscribes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subscriptions {
     /// `agent.to.{name}.>`

@@ -1,4 +1,4 @@
-//! The manifest rules of DESIGN §5, one test per rule.
+//! The manifest rules (docs/design.md, Manifest), one test per rule.
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,5 @@
-//! Durable delivery (`[subscriptions] durable = true`, DESIGN §4): a durable agent reads its
-//! messages from JetStream instead of core subscriptions, so a message published while the
+//! Durable delivery (`[subscriptions] durable = true`; docs/design.md, Subjects): a durable
+//! agent reads its messages from JetStream instead of core subscriptions, so a message published while the
 //! agent (or its node) is down or busy waits for it, and a message is only done once the
 //! agent's `handle` returned Ok.
 //!
