@@ -108,18 +108,16 @@ impl HealthReport {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_agents_error_is_shown_on_one_line_without_raw_controls() {
-        let report = HealthReport {
+impl HealthReport {
+    /// A degraded report of one failed agent, `evil`, whose last error is `last_error`.
+    pub(crate) fn one_failed_agent(last_error: &str) -> HealthReport {
+        HealthReport {
             status: HealthStatus::Degraded,
             agents: 1,
             not_running: vec![NotRunning {
                 agent: "evil".into(),
                 state: AgentState::Failed,
-                last_error: Some("init failed\n  ok: fine\x1b[2J\u{9b}".into()),
+                last_error: Some(last_error.into()),
             }],
             bus: BusState {
                 backend: "embedded".into(),
@@ -129,7 +127,17 @@ mod tests {
                 reconnects: 0,
                 dropped: 0,
             },
-        };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agents_error_is_shown_on_one_line_without_raw_controls() {
+        let report = HealthReport::one_failed_agent("init failed\n  ok: fine\x1b[2J\u{9b}");
         let text = report.to_text();
         assert_eq!(text.lines().count(), 4, "{text}");
         assert!(

@@ -69,23 +69,11 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::AgentState;
-    use crate::bus::Transport;
-    use crate::telemetry::health::{HealthStatus, NotRunning};
 
     #[test]
     fn an_agents_text_in_health_reaches_no_terminal_raw_and_stays_the_same_json_value() {
         let text = "trap: \u{1b}[2J\u{9b}31m\u{202e}gnirts";
-        let report = HealthReport {
-            status: HealthStatus::Degraded,
-            agents: 1,
-            not_running: vec![NotRunning {
-                agent: "evil".into(),
-                state: AgentState::Failed,
-                last_error: Some(text.into()),
-            }],
-            bus: crate::bus::EmbeddedBus::default().state(),
-        };
+        let report = HealthReport::one_failed_agent(text);
         let body = health_body(&report);
         assert!(
             !body.chars().any(crate::escape::is_hazard),
