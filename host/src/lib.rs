@@ -20,6 +20,7 @@ pub mod escape;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod llm;
+pub mod log_sample;
 pub mod manifest;
 pub mod node;
 pub mod storage;

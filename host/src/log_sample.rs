@@ -1,15 +1,17 @@
-//! Logging a sample of an event an agent can repeat without bound.
+//! Logging a sample of an event that can repeat without bound: an agent's denied calls or
+//! log lines, its refused snapshots or misaddressed messages, a subscriber's drops.
 //!
 //! One message can make a million denied calls, or write a million log lines; a log line for
 //! each (35–46 MB for one message, in a review) floods the node's log and disk and buries
 //! everything else. The metrics count every occurrence; the log gets a sample: the first at
-//! once, then at most one line a second, each saying how many were not logged since the
+//! once, then at most one line per interval, each saying how many were not logged since the
 //! previous one, so the log still shows when it started, that it goes on, and how much.
+//! A leaf module: the bus, the agents and the capabilities all use it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// How often a sampled event may be logged.
+/// How often a sampled event may be logged, unless it says otherwise.
 pub const LOG_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Decides which occurrences of one event (of one agent) are logged. Lock-free: it sits on
@@ -17,6 +19,7 @@ pub const LOG_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct LogSample {
     start: Instant,
+    interval_ms: u64,
     /// Milliseconds after `start` from which the next occurrence is logged.
     next_ms: AtomicU64,
     /// Occurrences not logged since the last one logged.
@@ -30,12 +33,24 @@ impl Default for LogSample {
 }
 
 impl LogSample {
+    /// At most one line per [`LOG_SAMPLE_INTERVAL`].
     pub fn new() -> LogSample {
+        LogSample::every(LOG_SAMPLE_INTERVAL)
+    }
+
+    /// At most one line per `interval`.
+    pub fn every(interval: Duration) -> LogSample {
         LogSample {
             start: Instant::now(),
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
             next_ms: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
         }
+    }
+
+    /// Whether this occurrence may be logged, when how many were skipped does not matter.
+    pub fn due(&self) -> bool {
+        self.sample().is_some()
     }
 
     /// Whether to log this occurrence: `Some(n)` to log it, saying that `n` occurrences
@@ -48,13 +63,12 @@ impl LogSample {
     fn sample_at(&self, since_start: Duration) -> Option<u64> {
         let now_ms = u64::try_from(since_start.as_millis()).unwrap_or(u64::MAX);
         let next = self.next_ms.load(Ordering::Relaxed);
-        let interval_ms = LOG_SAMPLE_INTERVAL.as_millis() as u64;
         if now_ms >= next
             && self
                 .next_ms
                 .compare_exchange(
                     next,
-                    now_ms.saturating_add(interval_ms),
+                    now_ms.saturating_add(self.interval_ms),
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 )
@@ -94,6 +108,16 @@ mod tests {
             "after a quiet minute, at once"
         );
         assert_eq!(s.sample_at(ms(60_001)), None);
+    }
+
+    #[test]
+    fn a_longer_interval_logs_the_first_then_once_per_interval() {
+        let s = LogSample::every(Duration::from_secs(60));
+        assert_eq!(s.sample_at(ms(0)), Some(0));
+        assert_eq!(s.sample_at(ms(1_000)), None);
+        assert_eq!(s.sample_at(ms(59_000)), None);
+        assert_eq!(s.sample_at(ms(60_000)), Some(2));
+        assert_eq!(s.sample_at(ms(61_000)), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::dedup::SeenIds;
 use super::durable::next_durable;
 use super::inbox::{next_from, Claim, Inbox, Via};
 use super::instance::{instantiate, Code, InstanceLimits, Live};
-use super::snapshot_limit::{NotTaken, Sampled};
+use super::snapshot_limit::NotTaken;
 use super::snapshots::{self, SnapshotWriter};
 use super::status::{AgentState, AgentStatus, AgentSummary};
 use super::supervisor::Outcome;
@@ -229,10 +229,10 @@ pub(super) struct Runner {
     /// (see [`crate::convert::fill_wit_message`]).
     pub(super) wit_message: crate::bindings::Message,
     /// Lets a warning about misaddressed messages through at most once a second.
-    pub(super) misaddressed_warnings: crate::bus::WarnGate,
+    pub(super) misaddressed_warnings: crate::log_sample::LogSample,
     /// When snapshots over `[limits] max_snapshot_bytes` were last logged (see
     /// `snapshot_limit.rs`): a refusal repeats every `snapshot_every` messages.
-    pub(super) snapshot_refusals: Sampled,
+    pub(super) snapshot_refusals: crate::log_sample::LogSample,
 }
 
 impl Runner {
@@ -258,8 +258,10 @@ impl Runner {
             rollback_window,
             canary: None,
             wit_message: crate::convert::empty_wit_message(),
-            misaddressed_warnings: crate::bus::WarnGate::new(),
-            snapshot_refusals: Sampled::default(),
+            misaddressed_warnings: crate::log_sample::LogSample::new(),
+            snapshot_refusals: crate::log_sample::LogSample::every(
+                super::snapshot_limit::LOG_EVERY,
+            ),
         };
         let mut live = runner.fresh_instance().await?;
         live.begin_turn(None, Duration::from_secs(1));

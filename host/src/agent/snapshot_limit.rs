@@ -9,14 +9,14 @@
 //! hand-off that needs it is refused (the serving version keeps serving), and on stop the
 //! state since the last good snapshot is lost, which is logged as an error.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::runner::Runner;
 use crate::units::format_bytes;
 
 /// How often a refusal that repeats (a periodic snapshot every `snapshot_every` messages,
 /// a hand-off per switching message) is logged once it has been logged the first time.
-const LOG_EVERY: Duration = Duration::from_secs(60);
+pub(super) const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// What to do about a refused snapshot.
 pub const FIX: &str =
@@ -49,31 +49,6 @@ fn size(bytes: u64) -> String {
         format!("{bytes} bytes")
     } else {
         format!("{short} ({bytes} bytes)")
-    }
-}
-
-/// Lets a repeating event through the first time, then at most once per [`LOG_EVERY`],
-/// counting the ones held back in between.
-#[derive(Debug, Default)]
-pub(super) struct Sampled {
-    last: Option<Instant>,
-    held_back: u64,
-}
-
-impl Sampled {
-    /// `Some(n)` when this occurrence should be logged, `n` being how many were not
-    /// logged since the last one that was.
-    pub(super) fn due(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(at) if now.duration_since(at) < LOG_EVERY => {
-                self.held_back += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.held_back))
-            }
-        }
     }
 }
 
@@ -113,7 +88,7 @@ impl Runner {
                 }
             }
             Err(NotTaken::TooLarge(refused)) => {
-                if let Some(held_back) = self.snapshot_refusals.due(Instant::now()) {
+                if let Some(held_back) = self.snapshot_refusals.sample() {
                     tracing::warn!(
                         agent = %self.parts.identity.name,
                         "snapshot refused: {refused}; it is not kept or persisted, a restart resumes from the previous snapshot{}; {FIX}",
@@ -144,7 +119,7 @@ impl Runner {
     /// A canary hand-off refused for the snapshot's size: the serving version keeps the
     /// conversation, nothing is lost; an event says so (sampled like the periodic refusals).
     pub(super) fn report_refused_handoff(&mut self, refused: &SnapshotTooLarge, to_version: &str) {
-        if let Some(held_back) = self.snapshot_refusals.due(Instant::now()) {
+        if let Some(held_back) = self.snapshot_refusals.sample() {
             let name = self.parts.identity.name.clone();
             self.parts.status.record(
                 &name,
@@ -181,16 +156,5 @@ mod tests {
             "v0.1.0's snapshot of 48MiB (50331648 bytes) is over its limit of 64KiB (65536 bytes) ([limits] max_snapshot_bytes)"
         );
         assert_eq!(size(70_001), "70001 bytes");
-    }
-
-    #[test]
-    fn a_repeating_refusal_is_logged_first_then_once_a_minute() {
-        let mut sampled = Sampled::default();
-        let start = Instant::now();
-        assert_eq!(sampled.due(start), Some(0));
-        assert_eq!(sampled.due(start + Duration::from_secs(1)), None);
-        assert_eq!(sampled.due(start + Duration::from_secs(59)), None);
-        assert_eq!(sampled.due(start + Duration::from_secs(60)), Some(2));
-        assert_eq!(sampled.due(start + Duration::from_secs(61)), None);
     }
 }

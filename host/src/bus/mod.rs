@@ -22,18 +22,16 @@ pub use trie::Routes;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::log_sample::LogSample;
+
 /// The payload limit NATS servers use by default (1 MiB); the embedded bus uses it too so
 /// an agent that works embedded does not fail on a default NATS cluster.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
-
-/// How often, at most, a slow consumer is reported per subscription: enough to notice,
-/// not so often that a flood of drops floods the log too.
-const DROP_WARN_INTERVAL_MS: u64 = 1000;
 
 /// A message on the bus. Headers keep order and allow repeated keys (NATS headers).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -283,7 +281,7 @@ pub(crate) fn subscription_channel(pattern: &str, limits: MailboxLimits) -> (Sin
     let stats = Arc::new(SinkStats {
         pattern: pattern.to_string(),
         dropped: AtomicU64::new(0),
-        warnings: WarnGate::new(),
+        warnings: LogSample::new(),
         also_report: OnceLock::new(),
         bytes: limits.bytes,
     });
@@ -362,7 +360,8 @@ impl Sink {
 struct SinkStats {
     pattern: String,
     dropped: AtomicU64,
-    warnings: WarnGate,
+    /// Drops are logged as a sample: the first, then one line a second.
+    warnings: LogSample,
     /// Where else a drop is reported (see [`Subscription::report_drops_to`]).
     also_report: OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// The byte budget queued messages draw on, if any.
@@ -394,44 +393,6 @@ impl SinkStats {
     }
 }
 
-/// Lets a repeated warning through at most once per [`DROP_WARN_INTERVAL_MS`]: each drop
-/// is counted, but a flood of drops must not flood the log (or slow the path that counts).
-pub(crate) struct WarnGate {
-    /// Milliseconds since `born` before which no further warning is let through.
-    next_ms: AtomicU64,
-    born: Instant,
-}
-
-impl WarnGate {
-    pub(crate) fn new() -> WarnGate {
-        WarnGate {
-            next_ms: AtomicU64::new(0),
-            born: Instant::now(),
-        }
-    }
-
-    /// Whether a warning may be logged now.
-    pub(crate) fn due(&self) -> bool {
-        self.due_at(self.born.elapsed().as_millis() as u64)
-    }
-
-    /// Whether a warning may be logged at `now_ms`; claims the slot if so, so concurrent
-    /// callers log once between them.
-    fn due_at(&self, now_ms: u64) -> bool {
-        let next = self.next_ms.load(Ordering::Relaxed);
-        now_ms >= next
-            && self
-                .next_ms
-                .compare_exchange(
-                    next,
-                    now_ms + DROP_WARN_INTERVAL_MS,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,17 +405,6 @@ mod tests {
         assert_eq!(msg.header("AGENT-REF"), Some("c.n.1"));
         assert_eq!(msg.headers.len(), 2);
         assert_eq!(msg.header("missing"), None);
-    }
-
-    #[test]
-    fn a_slow_consumer_is_reported_at_most_once_per_second() {
-        let (sink, _sub) = subscription_channel("a.>", MailboxLimits::messages(1));
-        let gate = &sink.stats.warnings;
-        assert!(gate.due_at(0), "the first drop is reported at once");
-        assert!(!gate.due_at(10));
-        assert!(!gate.due_at(999));
-        assert!(gate.due_at(1000));
-        assert!(!gate.due_at(1500));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use futures::{FutureExt, StreamExt};
 
 use super::{
     subscription_channel, BusError, BusMessage, BusState, Delivery, MailboxLimits, Subscription,
-    Transport, WarnGate, MAX_HEADERS,
+    Transport, MAX_HEADERS,
 };
 use crate::bounded::within;
 use crate::subjects;
@@ -88,7 +88,7 @@ struct Shared {
     connects: AtomicU64,
     disconnects: AtomicU64,
     /// The client reports each message it drops; one warning a second is enough.
-    slow_consumer_warnings: WarnGate,
+    slow_consumer_warnings: crate::log_sample::LogSample,
     /// Bounds how long a publish or subscribe may wait for room in the client's outgoing
     /// queue, which stops draining while the server is away.
     send_timeout: Duration,
@@ -105,7 +105,7 @@ impl NatsBus {
             dropped: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
-            slow_consumer_warnings: WarnGate::new(),
+            slow_consumer_warnings: crate::log_sample::LogSample::new(),
             send_timeout: options.connect_timeout.max(Duration::from_secs(1)),
         });
         let events = shared.clone();

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use super::bucket::TokenBucket;
-use crate::telemetry::sample::LogSample;
+use crate::log_sample::LogSample;
 use crate::telemetry::AgentMetrics;
 
 /// The log-line budget of one agent, shared by `runtime.log`, stdout and stderr.

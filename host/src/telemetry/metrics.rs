@@ -98,7 +98,7 @@ pub struct AgentMetrics {
     pub denied: Counter,
     /// Which denied calls are logged: every one is counted in `denied`, a sample is logged
     /// (one a second), so a flood of denied calls cannot flood the log.
-    pub denial_log: Arc<super::sample::LogSample>,
+    pub denial_log: Arc<crate::log_sample::LogSample>,
     /// Messages dropped because the agent's mailbox was full.
     pub dropped: Counter,
     /// Messages dropped as duplicates (same message id seen twice).

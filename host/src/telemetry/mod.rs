@@ -4,7 +4,6 @@ pub mod fields;
 pub mod health;
 pub mod http;
 pub mod metrics;
-pub mod sample;
 
 pub use metrics::{AgentMetrics, Metrics};
 
