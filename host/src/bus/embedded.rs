@@ -16,8 +16,8 @@ use tokio::sync::oneshot;
 
 use super::trie::Routes;
 use super::{
-    check_headers, message_bytes, subscription_channel, BusError, BusMessage, BusState, Delivery,
-    MailboxLimits, Sink, Subscription, Transport, DEFAULT_MAX_PAYLOAD, MAX_HEADERS,
+    check_headers, subscription_channel, BusError, BusMessage, BusState, Delivery, MailboxLimits,
+    Sink, Subscription, Transport, DEFAULT_MAX_PAYLOAD, MAX_HEADERS,
 };
 use crate::subjects;
 
@@ -104,11 +104,9 @@ impl Shared {
         }
         // The same rules as a NATS server: headers count toward the payload limit, and only
         // headers it would carry are taken, so an agent behaves alike on both buses.
-        if !msg.headers.is_empty() {
-            let headers = msg.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-            check_headers(headers, MAX_HEADERS).map_err(BusError::InvalidHeaders)?;
-        }
-        let size = message_bytes(msg);
+        let headers = msg.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let header_bytes = check_headers(headers, MAX_HEADERS).map_err(BusError::InvalidHeaders)?;
+        let size = msg.payload.len().saturating_add(header_bytes);
         if size > self.max_payload {
             return Err(BusError::TooLarge {
                 size,

@@ -36,20 +36,26 @@ pub fn message_bytes(msg: &BusMessage) -> usize {
     msg.payload.len().saturating_add(header_bytes(headers))
 }
 
-/// Why a header list cannot go on the bus: more than `max` headers, or one that no NATS
+/// What a header list weighs on the wire ([`header_bytes`]), checked on the way: an error
+/// says why it cannot go on the bus: more than `max` headers, or one that no NATS
 /// server would carry (an empty or non-printable name, a name with ':' or whitespace, a line
 /// break in a value, which would forge more headers on the wire).
 pub fn check_headers<'a>(
     headers: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
     max: usize,
-) -> Result<(), String> {
+) -> Result<usize, String> {
+    if headers.len() == 0 {
+        return Ok(0);
+    }
     if headers.len() > max {
         return Err(format!(
             "the message has {} headers; at most {max} are allowed per message",
             headers.len()
         ));
     }
+    let mut bytes = HEADER_BLOCK_FRAMING;
     for (key, value) in headers {
+        bytes = bytes.saturating_add(key.len() + value.len() + PER_HEADER_FRAMING);
         let bad_key = key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic() && b != b':');
         if bad_key {
             return Err(format!(
@@ -62,7 +68,7 @@ pub fn check_headers<'a>(
             ));
         }
     }
-    Ok(())
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -84,7 +90,9 @@ mod tests {
         let many = vec![("X", ""); MAX_HEADERS + 1];
         let err = check_headers(many.iter().copied(), MAX_HEADERS).unwrap_err();
         assert!(err.contains("has 129 headers; at most 128"), "{err}");
-        assert!(check_headers(vec![("X", ""); MAX_HEADERS].into_iter(), MAX_HEADERS).is_ok());
+        let weight = check_headers(vec![("X", ""); MAX_HEADERS].into_iter(), MAX_HEADERS);
+        assert_eq!(weight, Ok(header_bytes(vec![("X", ""); MAX_HEADERS])));
+        assert_eq!(check_headers(std::iter::empty(), 0), Ok(0));
         for (key, value, why) in [
             ("", "v", "non-empty"),
             ("Bad Name", "v", "without ':' or whitespace"),

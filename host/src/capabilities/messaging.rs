@@ -18,13 +18,13 @@ use crate::bindings::agent::host::messaging::{self, AgentTarget, Destination, Ou
 use crate::bindings::{Header, Message, WitError};
 use crate::bus::{BusError, BusMessage, Transport, MAX_HEADERS};
 use crate::convert::to_wit_message;
+use crate::manifest::MessagingGrants;
+use crate::subjects;
+use crate::telemetry::AgentMetrics;
 
 /// Headers an agent may set on one message: the bus carries [`MAX_HEADERS`], and the host
 /// adds the sender's `Agent-Ref`.
 pub const MAX_AGENT_HEADERS: usize = MAX_HEADERS - 1;
-use crate::manifest::MessagingGrants;
-use crate::subjects;
-use crate::telemetry::AgentMetrics;
 
 /// Most requests one `request-many` call may fan out.
 pub const MAX_FAN_OUT: usize = 256;
@@ -92,20 +92,16 @@ impl MessagingCtx {
 
     /// Bounds what one message carries, headers included: the bytes the host copied out
     /// of the agent for it are forwarded to the bus only when they fit. Headers are counted
-    /// (at most [`MAX_AGENT_HEADERS`]) and weigh what they take on the wire, framing included (see
-    /// [`crate::bus::header_bytes`]), so many empty headers are not free.
+    /// (at most [`MAX_AGENT_HEADERS`]) and weigh what they take on the wire, framing
+    /// included (see [`crate::bus::header_bytes`]), so many empty headers are not free.
     fn check_size(&self, headers: &[Header], payload: &[u8]) -> Result<(), WitError> {
-        if !headers.is_empty() {
-            let pairs = headers.iter().map(|h| (h.key.as_str(), h.value.as_str()));
-            crate::bus::check_headers(pairs, MAX_AGENT_HEADERS).map_err(|e| {
-                WitError::Invalid(format!(
-                    "{e} (the host adds one more, the sender's {})",
-                    subjects::SENDER_HEADER
-                ))
-            })?;
-        }
-        let header_bytes =
-            crate::bus::header_bytes(headers.iter().map(|h| (h.key.as_str(), h.value.as_str())));
+        let pairs = headers.iter().map(|h| (h.key.as_str(), h.value.as_str()));
+        let header_bytes = crate::bus::check_headers(pairs, MAX_AGENT_HEADERS).map_err(|e| {
+            WitError::Invalid(format!(
+                "{e} (the host adds one more, the sender's {})",
+                subjects::SENDER_HEADER
+            ))
+        })?;
         if payload.len().saturating_add(header_bytes) > self.max_message_bytes {
             let headers = if header_bytes > 0 {
                 format!(" and its headers {header_bytes} bytes")
@@ -139,7 +135,7 @@ impl MessagingCtx {
     /// id known under another name) is refused, so no reference built from a granted name
     /// reaches an agent the grant does not cover. A reference to an agent this node does not
     /// know goes out as given; the receiving node drops it unless its cluster and name are
-    /// those of the agent that owns the id (see `agent::inbox::addressed_to`).
+    /// those of the agent that owns the id (see `agent::inbox::Claim::Misaddressed`).
     fn command_subject(&self, to: &AgentTarget, command: &str) -> Result<String, WitError> {
         subjects::validate_command(command).map_err(WitError::Invalid)?;
         let (name, cluster_id) = match to {
@@ -326,7 +322,7 @@ fn check_reference_tokens(cluster: &str, id: &str) -> Result<(), WitError> {
 /// The `Nats-Msg-Id` a message from agent `sender` carries when the agent set `id`:
 /// `{sender}:{id}`. An agent's ids live in its own space, so no agent can make a receiver
 /// (or JetStream's duplicate window) drop a message of a client or of another agent.
-pub fn owned_message_id(sender: &str, id: &str) -> String {
+fn owned_message_id(sender: &str, id: &str) -> String {
     let mut owned = String::with_capacity(sender.len() + 1 + id.len());
     owned.push_str(sender);
     owned.push(':');
