@@ -365,19 +365,14 @@ impl Runner {
                     else => return,
                 }
             };
-            match inbox.claim(via, &msg.subject) {
-                Claim::Deliver => {}
+            let misaddressed = match inbox.claim(via, &msg.subject) {
+                Claim::Deliver => false,
                 Claim::Duplicate => continue,
-                Claim::Misaddressed => {
-                    self.drop_misaddressed(&msg.subject);
-                    continue;
-                }
-            }
-            if msg.headers.len() > crate::bus::MAX_HEADERS {
-                let overloaded = Box::pin(self.refuse_overloaded(msg));
-                overloaded.await;
+                Claim::Misaddressed => true,
+            };
+            let Some(msg) = self.admit(msg, misaddressed).await else {
                 continue;
-            }
+            };
             if let Some(id) = msg.header(subjects::MSG_ID_HEADER) {
                 if !self.seen.first_time(id) {
                     self.parts.metrics.duplicates.inc();
@@ -390,9 +385,30 @@ impl Runner {
         }
     }
 
+    /// Turns away, on core and durable delivery alike, what no agent handles: a message
+    /// `misaddressed` to it (see [`Claim::Misaddressed`]), and one with more headers than
+    /// agents accept. Gives the message back when it may be handled.
+    pub(super) async fn admit(
+        &mut self,
+        msg: BusMessage,
+        misaddressed: bool,
+    ) -> Option<BusMessage> {
+        if misaddressed {
+            self.drop_misaddressed(&msg.subject);
+            return None;
+        }
+        if msg.headers.len() > crate::bus::MAX_HEADERS {
+            // Boxed: rare, and the runner's future should not carry a dead-letter publish.
+            let overloaded = Box::pin(self.refuse_overloaded(msg));
+            overloaded.await;
+            return None;
+        }
+        Some(msg)
+    }
+
     /// Drops a message whose agent-ref subject names another agent than this one (see
     /// [`Claim::Misaddressed`]): counted, and logged at most once a second.
-    pub(super) fn drop_misaddressed(&self, subject: &str) {
+    fn drop_misaddressed(&self, subject: &str) {
         let p = &self.parts;
         p.metrics.misaddressed.inc();
         if self.misaddressed_warnings.due() {
@@ -411,7 +427,7 @@ impl Runner {
     /// (a NATS server bounds only their bytes). Lowered into the agent's memory, enough of
     /// them make it run out and trap, losing its state since the last snapshot. The copy in
     /// the dead-letter subject keeps the payload and says how many headers there were.
-    pub(super) async fn refuse_overloaded(&mut self, mut msg: BusMessage) {
+    async fn refuse_overloaded(&mut self, mut msg: BusMessage) {
         let why = format!(
             "the message has {} headers; agents accept at most {} (its headers are not kept here)",
             msg.headers.len(),

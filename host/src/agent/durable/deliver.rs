@@ -26,18 +26,15 @@ impl Runner {
             acknowledge(&agent, &d.acker, AckKind::Ack).await;
             return true;
         }
-        if crate::agent::inbox::misaddressed_durable(&self.parts.identity, &d.msg.subject) {
-            self.drop_misaddressed(&d.msg.subject);
+        let misaddressed =
+            crate::agent::inbox::misaddressed_durable(&self.parts.identity, &d.msg.subject);
+        let Some(msg) = self.admit(d.msg, misaddressed).await else {
+            // Turned away for good: a redelivery would be turned away again.
             acknowledge(&agent, &d.acker, AckKind::Term).await;
             inbox.done.first_time(&seq);
             return true;
-        }
-        if d.msg.headers.len() > crate::bus::MAX_HEADERS {
-            self.refuse_overloaded(d.msg).await;
-            acknowledge(&agent, &d.acker, AckKind::Term).await;
-            inbox.done.first_time(&seq);
-            return true;
-        }
+        };
+        let d = DurableMessage { msg, ..d };
         let s = inbox.settings.clone();
         if d.delivered > s.max_deliver {
             let why = format!(
