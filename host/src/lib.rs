@@ -23,6 +23,7 @@ pub mod llm;
 pub mod log_sample;
 pub mod manifest;
 pub mod node;
+pub mod private_dir;
 pub mod storage;
 pub mod subjects;
 pub mod telemetry;

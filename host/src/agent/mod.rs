@@ -91,8 +91,8 @@ impl FilesDir {
         // it was told in confidence), not the other local users'.
         let files = data_dir.join("files");
         let host_path = files.join(&identity.id);
-        crate::node::data_dir::create_private_dir(&host_path)?;
-        crate::node::data_dir::create_private_dir(&files)?;
+        crate::private_dir::create_private_dir(&host_path)?;
+        crate::private_dir::create_private_dir(&files)?;
         let quota = match access {
             crate::manifest::FilesAccess::ReadOnly => None,
             crate::manifest::FilesAccess::ReadWrite => {

@@ -4,15 +4,11 @@
 //! (they could replace the store or plant files an agent then reads), and one they can read
 //! is warned about at start.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// Mode of a directory the node creates for itself: the owner only.
-pub const PRIVATE_DIR_MODE: u32 = 0o700;
 /// Bits that let other users (group or other) write to a directory.
 const WRITABLE_BY_OTHERS: u32 = 0o022;
-/// Bits that give other users any access to a directory (list, enter, write).
-const OPEN_TO_OTHERS: u32 = 0o077;
 
 /// A data dir the node cannot use.
 #[derive(Debug, thiserror::Error)]
@@ -39,14 +35,10 @@ pub enum DataDirError {
 pub fn prepare(dir: &Path) -> Result<u32, DataDirError> {
     // With the mode given at creation (not a chmod after), there is no moment at which the
     // new directory is open to others; missing parents are created owner-only too.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(PRIVATE_DIR_MODE)
-        .create(dir)
-        .map_err(|source| DataDirError::Create {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
+    crate::private_dir::create_missing(dir).map_err(|source| DataDirError::Create {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     let meta = std::fs::metadata(dir).map_err(|source| DataDirError::Inspect {
         dir: dir.to_path_buf(),
         source,
@@ -63,7 +55,7 @@ pub fn prepare(dir: &Path) -> Result<u32, DataDirError> {
             mode,
         });
     }
-    if mode & OPEN_TO_OTHERS != 0 {
+    if mode & crate::private_dir::OPEN_TO_OTHERS != 0 {
         tracing::warn!(
             "the data dir {} has mode {mode:04o}: other users can list or enter it. The node creates its files owner-only (kv.redb 0600, files/ 0700), but `chmod 700 {}` keeps others out of it entirely",
             dir.display(),
@@ -71,20 +63,6 @@ pub fn prepare(dir: &Path) -> Result<u32, DataDirError> {
         );
     }
     Ok(mode)
-}
-
-/// Creates `dir` and its missing parents owner-only, and takes group and other access away
-/// from it if it already existed with them (it is the node's own directory).
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(PRIVATE_DIR_MODE)
-        .create(dir)?;
-    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
-    if mode & OPEN_TO_OTHERS != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & !OPEN_TO_OTHERS))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -123,16 +101,5 @@ mod tests {
             0o755,
             "readable: a warning only"
         );
-    }
-
-    #[test]
-    fn a_private_dir_that_was_open_to_others_is_closed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("files");
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        create_private_dir(&dir.join("agent")).unwrap();
-        create_private_dir(&dir).unwrap();
-        assert_eq!((mode_of(&dir), mode_of(&dir.join("agent"))), (0o700, 0o700));
     }
 }

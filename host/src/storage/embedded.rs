@@ -13,7 +13,7 @@
 //! redb commits with fsync, so writes run on tokio's blocking pool; reads are short and
 //! never wait for writers (MVCC), so they run inline.
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -157,17 +157,13 @@ impl EmbeddedKv {
     /// Opens the store with the given [`SyncPolicy`].
     pub fn open_with(path: &Path, sync: SyncPolicy) -> Result<EmbeddedKv, KvError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(crate::node::data_dir::PRIVATE_DIR_MODE)
-                .create(parent)
-                .map_err(|e| {
-                    KvError::Unavailable(format!(
-                        "cannot create directory {} for the kv store {}: {e}",
-                        parent.display(),
-                        path.display()
-                    ))
-                })?;
+            crate::private_dir::create_missing(parent).map_err(|e| {
+                KvError::Unavailable(format!(
+                    "cannot create directory {} for the kv store {}: {e}",
+                    parent.display(),
+                    path.display()
+                ))
+            })?;
         }
         let file = open_private(path)?;
         let backend = redb::backends::FileBackend::new(file)
